@@ -1,0 +1,368 @@
+"""The toolkit inside Locust: options, the run's shared state, the drain and the summary.
+
+A locustfile calls :func:`install` once with Locust's ``events``; that registers the
+toolkit's command-line options and, when Locust builds its environment, creates one
+:class:`RunContext` on it. Everything a run shares (accounting, the profile, the embedded
+backend, live sessions) lives on that context, never in module globals, so several
+environments can exist in one process (tests do this).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+import gevent
+from locust import log as locust_log
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+from locust.stats import bucket_response_time
+
+from loadgen import summary as summary_module
+from loadgen.accounting import Accounting
+from loadgen.embedded import BackendStartError, EmbeddedBackend
+from loadgen.profile import ProfileError, load_profile
+from loadgen.transport import TransportError, WebSocketClient
+
+log = logging.getLogger("loadgen")
+
+#: Locust's "Type" column for client operations and for end-to-end delivery outcomes
+OPERATION = "WS"
+DELIVERY = "E2E"
+
+EXIT_UNREACHABLE = 3
+EXIT_USAGE = 2
+
+
+def add_arguments(parser) -> None:
+    group = parser.add_argument_group("loadgen", "Options of the IM/RTC load toolkit")
+    group.add_argument(
+        "--summary", metavar="PATH", default=None,
+        help="also write the run's summary JSON to PATH (it is always written to the results folder)",
+    )  # fmt: skip
+    group.add_argument(
+        "--results", metavar="DIR", default=None,
+        help="results folder of the run (default: results/<UTC time>-<scenario>/)",
+    )  # fmt: skip
+    group.add_argument(
+        "--delivery-timeout", metavar="SECONDS", type=float, default=5.0,
+        help="a message missing this long while its receiver stayed in the room counts as lost (default 5)",
+    )  # fmt: skip
+    group.add_argument(
+        "--drain", metavar="SECONDS", type=float, default=None,
+        help="at the end, how long to let in-flight messages land (default: the delivery timeout)",
+    )  # fmt: skip
+    group.add_argument(
+        "--request-timeout", metavar="SECONDS", type=float, default=10.0,
+        help="how long an operation may wait for the backend's reply (default 10)",
+    )  # fmt: skip
+
+
+def install(events, scenario: str) -> None:
+    """Wire the toolkit into Locust for a locustfile of ``scenario``."""
+
+    def on_init(environment: Environment, **_kwargs) -> None:
+        RunContext(environment, scenario).start()
+
+    events.init_command_line_parser.add_listener(add_arguments)
+    events.init.add_listener(on_init)
+
+
+def _log_batch(entry, latencies: Counter, now: float) -> None:
+    """Add many samples to a Locust stats entry at once, as ``StatsEntry.log`` would one by one.
+
+    One request event per delivered message costs a quarter of the generator's throughput;
+    the exact latencies are in the HDR histogram anyway, this only feeds Locust's table.
+    """
+    second = int(now)
+    if (
+        entry.use_response_times_cache
+        and entry.last_request_timestamp
+        and second > int(entry.last_request_timestamp)
+    ):
+        entry._cache_response_times(second - 1)
+    total = sum(latencies.values())
+    entry.num_requests += total
+    entry.num_reqs_per_sec[second] += total
+    entry.last_request_timestamp = now
+    for ms, count in latencies.items():
+        entry.total_response_time += ms * count
+        entry.min_response_time = ms if entry.min_response_time is None else min(entry.min_response_time, ms)
+        entry.max_response_time = max(entry.max_response_time, ms)
+        entry.response_times[bucket_response_time(ms)] += count
+
+
+def profile_path(value: str | None) -> str | None:
+    """Locust's own ``--profile`` labels a run; a value naming a YAML file is also our load profile.
+
+    Locust already owns the flag (to group runs in its UI and reports), so the toolkit reads
+    it rather than shadowing it: ``--profile profiles/review.yaml`` both labels the run and
+    loads the profile, while a plain label such as ``nightly`` stays a label.
+    """
+    if value and (value.endswith((".yaml", ".yml")) or os.path.isfile(value)):
+        return value
+    return None
+
+
+class RunContext:
+    """What one Locust run shares between its users."""
+
+    def __init__(self, environment: Environment, scenario: str) -> None:
+        self.environment = environment
+        self.scenario = scenario
+        options = environment.parsed_options
+        self.options = options
+        self.is_worker = isinstance(environment.runner, WorkerRunner)
+        self.is_master = isinstance(environment.runner, MasterRunner)
+        try:
+            if options is not None and options.delivery_timeout <= 0:
+                raise ProfileError("--delivery-timeout", None, "", "must be a positive number of seconds")
+            self.profile = load_profile(profile_path(getattr(options, "profile", None)))
+        except ProfileError as exc:
+            log.error("%s", exc)
+            sys.exit(EXIT_USAGE)
+        delivery_timeout = getattr(options, "delivery_timeout", 5.0)
+        drain = getattr(options, "drain", None)
+        self.drain_seconds = delivery_timeout if drain is None else drain
+        self.request_timeout = getattr(options, "request_timeout", 10.0)
+        self.accounting = Accounting(delivery_timeout)
+        self.sessions: set = set()
+        self.user_ids: list[str] = []
+        self.draining = False
+        self.drained = False
+        self.interrupted = False
+        self.started_wall: float | None = None
+        self.started_mono: float | None = None
+        self.stopped_mono: float | None = None
+        self.users_peak = 0
+        self.cpu_max_percent = 0.0
+        self.rss_max_bytes = 0
+        self.connections = Counter()
+        self.connect_errors: Counter[str] = Counter()
+        self.receipts = 0
+        self.malformed = 0
+        self.backend: EmbeddedBackend | None = None
+        self._greenlets: list[gevent.Greenlet] = []
+        self._reported = {"duplicated": 0, "out_of_order": 0}
+        environment.loadgen = self
+
+    @classmethod
+    def of(cls, environment: Environment) -> RunContext:
+        context = getattr(environment, "loadgen", None)
+        if context is None:
+            raise RuntimeError("loadgen.run.install(events, scenario) was not called by the locustfile")
+        return context
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        events = self.environment.events
+        if not self.is_worker:
+            self._target_backend()
+        events.test_start.add_listener(self._on_test_start)
+        events.test_stopping.add_listener(self._on_test_stopping)
+        events.test_stop.add_listener(self._on_test_stop)
+        events.quitting.add_listener(self._on_quitting)
+        events.quit.add_listener(self._on_quit)
+
+    def _target_backend(self) -> None:
+        if not self.environment.host:
+            self.backend = EmbeddedBackend()
+            try:
+                url = self.backend.start()
+            except BackendStartError as exc:
+                log.error("%s", exc)
+                sys.exit(EXIT_USAGE)
+            self.environment.host = url
+            log.info("No --host given: started the reference backend at %s", url)
+            return
+        options = self.options
+        if options is not None and (options.headless or options.autostart):
+            problem = self.probe(self.environment.host)
+            if problem is not None:
+                log.error("Could not reach the backend at %s: %s", self.environment.host, problem)
+                self._write_results(EXIT_UNREACHABLE, unreachable=problem)
+                sys.exit(EXIT_UNREACHABLE)
+
+    @staticmethod
+    def probe(url: str, timeout: float = 5.0) -> str | None:
+        """One WebSocket handshake to ``url``; the reason it failed, or None."""
+        try:
+            ws = WebSocketClient.connect(url, on_message=lambda data, binary: None, timeout=timeout,
+                                         ping_interval=None)  # fmt: skip
+        except TransportError as exc:
+            return str(exc)
+        ws.close(timeout=1.0)
+        return None
+
+    def _on_test_start(self, **_kwargs) -> None:
+        if self.started_mono is not None:
+            return
+        self.started_wall = time.time()
+        self.started_mono = time.monotonic()
+        self._greenlets = [gevent.spawn(self._housekeeping)]
+
+    def _housekeeping(self) -> None:
+        """Once a second: expire holes, feed Locust's table, watch the generator itself."""
+        runner = self.environment.runner
+        while True:
+            gevent.sleep(1.0)
+            self.accounting.expire()
+            self.flush_to_locust()
+            if runner is not None:
+                self.users_peak = max(self.users_peak, runner.user_count)
+                self.cpu_max_percent = max(self.cpu_max_percent, runner.current_cpu_usage)
+                self.rss_max_bytes = max(self.rss_max_bytes, runner.current_memory_usage)
+
+    def flush_to_locust(self) -> None:
+        latencies = self.accounting.unreported_latency_ms
+        if latencies:
+            self.accounting.unreported_latency_ms = Counter()
+            stats = self.environment.stats
+            now = time.time()
+            _log_batch(stats.get("msg.deliver", DELIVERY), latencies, now)
+            _log_batch(stats.total, latencies, now)
+        counts = self.accounting.counts
+        for kind, name in (("duplicated", "msg.duplicated"), ("out_of_order", "msg.out_of_order")):
+            new = getattr(counts, kind) - self._reported[kind]
+            self._reported[kind] += new
+            for _ in range(new):
+                self.fire(DELIVERY, name, None, AnomalyError(kind))
+
+    def fire(self, request_type: str, name: str, seconds: float | None, error: BaseException | None) -> None:
+        self.environment.events.request.fire(
+            request_type=request_type,
+            name=name,
+            response_time=None if seconds is None else seconds * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
+
+    def report(self, name: str, seconds: float, error: BaseException | None) -> None:
+        """The sessions' reporter: Locust's table and the run's own histograms."""
+        self.accounting.record_operation(name, seconds, failed=error is not None)
+        if name == "ws.connect":
+            if error is None:
+                self.connections["opened"] += 1
+            else:
+                self.connect_errors[str(error)] += 1
+        self.fire(OPERATION, name, seconds, error)
+
+    def new_user_id(self) -> str:
+        user_id = f"u{len(self.user_ids)}"
+        self.user_ids.append(user_id)
+        return user_id
+
+    # -- the end ----------------------------------------------------------------------
+
+    def _on_test_stopping(self, **_kwargs) -> None:
+        self.drain(self.drain_seconds)
+
+    def drain(self, seconds: float) -> None:
+        """Stop sending, close every window at the backend's head, let in-flight messages land.
+
+        Logging out is what makes a dropped *last* message of a room visible: the head in
+        the logout reply says what we should have seen, even when nothing came after it.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        started = time.monotonic()
+        log.info("Draining: no new messages; letting in-flight ones land for up to %g s", seconds)
+        sessions = [s for s in self.sessions if s.alive and not s.logged_out]
+        jobs = [gevent.spawn(_quiet_logout, s) for s in sessions]
+        gevent.joinall(jobs, timeout=self.request_timeout)
+        accounting = self.accounting
+        while time.monotonic() - started < seconds and accounting.open_holes():
+            accounting.expire()
+            gevent.sleep(0.05)
+        accounting.finalize()
+        self.flush_to_locust()
+        for _ in range(accounting.counts.lost):
+            self.fire(DELIVERY, "msg.lost", None, AnomalyError("lost"))
+        self.drained = True
+        log.info("Drain done in %.1f s", time.monotonic() - started)
+
+    def _on_test_stop(self, **_kwargs) -> None:
+        self.stopped_mono = time.monotonic()
+        for greenlet in self._greenlets:
+            greenlet.kill(block=False)
+
+    def _on_quitting(self, environment: Environment, **_kwargs) -> None:
+        if self.is_worker:
+            return
+        if self.started_mono is not None and not self.drained:
+            # Ctrl-C or SIGTERM mid-run: results are still written, from a short drain
+            self.interrupted = True
+            self.drain(min(self.drain_seconds, 2.0))
+        code = self._exit_code()
+        if code is not None:
+            environment.process_exit_code = code
+        self._write_results(code if code is not None else self._locust_exit_code())
+
+    def _on_quit(self, **_kwargs) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+    def _exit_code(self) -> int | None:
+        """Our verdict where Locust's own convention does not decide."""
+        if self.connections["opened"] == 0 and self.connect_errors:
+            reason = self.connect_errors.most_common(1)[0][0]
+            log.error("Could not reach the backend at %s: %s", self.environment.host, reason)
+            return EXIT_UNREACHABLE
+        return None
+
+    def _locust_exit_code(self) -> int:
+        """The code Locust's shutdown will choose, for the summary."""
+        runner = self.environment.runner
+        if runner is not None and (runner.errors or runner.exceptions):
+            return self.options.exit_code_on_error if self.options is not None else 1
+        if locust_log.unhandled_greenlet_exception:
+            return 2
+        return 0
+
+    def results_dir(self) -> Path:
+        chosen = getattr(self.options, "results", None)
+        if chosen:
+            return Path(chosen)
+        stamp = datetime.fromtimestamp(self.started_wall or time.time(), timezone.utc).strftime(
+            "%Y%m%dT%H%M%SZ"
+        )
+        return Path("results") / f"{stamp}-{self.scenario}"
+
+    def _write_results(self, exit_code: int, unreachable: str | None = None) -> None:
+        data = summary_module.build(self, exit_code, unreachable=unreachable)
+        targets = [self.results_dir() / "summary.json"]
+        extra = getattr(self.options, "summary", None)
+        if extra:
+            targets.append(Path(extra))
+        for target in targets:
+            try:
+                summary_module.write(data, target)
+            except OSError as exc:
+                log.error("Could not write the summary to %s: %s", target, exc.strerror)
+        if unreachable is None:
+            for line in summary_module.format_table(data).splitlines():
+                log.info("%s", line)
+        log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
+
+
+class AnomalyError(Exception):
+    """A delivery outcome that is a failure in Locust's table: lost, duplicated, out of order."""
+
+
+def _quiet_logout(session) -> None:
+    try:
+        session.logout()
+    except Exception as exc:  # noqa: BLE001 - a session that cannot log out keeps what it saw
+        log.debug("logout during drain failed: %s", exc)
+
+
+__all__ = ["RunContext", "install", "add_arguments", "profile_path"]

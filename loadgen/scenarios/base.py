@@ -1,0 +1,242 @@
+"""The one base user every scenario builds on, and the activities users are composed of.
+
+A :class:`RealtimeUser` owns a connection (a :class:`~loadgen.session.Session`), a driver
+and its accounting :class:`~loadgen.accounting.Receiver`, and keeps the connection alive:
+when the backend drops it, the user reconnects, rejoins and fetches what it missed.
+
+What a user *does* is a list of :class:`Activity` objects, each a Poisson process with its
+own rate. The schedule is open-model: the next time an activity is due is drawn from the
+time it was *due*, not from when the last one finished, and messages carry that intended
+time. A generator that falls behind therefore shows as latency (and as send lag), never as
+a quieter backend.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import time
+from collections import deque
+
+import gevent
+from loadgen.transport import TransportError
+from locust import User, constant, task
+
+from loadgen.drivers.base import Delivery, Driver, Malformed, Receipt
+from loadgen.drivers.reference import ReferenceDriver
+from loadgen.run import RunContext
+from loadgen.session import OperationFailed, Session
+
+log = logging.getLogger("loadgen.scenarios")
+
+#: how long a voluntary reconnect lingers after logout for messages still on the wire
+LINGER_SECONDS = 0.2
+#: unread messages a user remembers for read receipts
+UNREAD_KEPT = 16
+
+
+class Activity:
+    """Something a user does ``rate`` times per second on average."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+
+    def __call__(self, user: RealtimeUser, intended: float) -> None:
+        raise NotImplementedError
+
+
+class RealtimeUser(User):
+    """A user with one live connection to the backend; subclasses choose activities and rooms."""
+
+    abstract = True
+    # after an unexpected error in the schedule, wait a second before resuming it
+    wait_time = constant(1)
+    #: the backend's protocol; a team with its own backend sets its driver here
+    driver: type[Driver] = ReferenceDriver
+
+    def __init__(self, environment) -> None:
+        super().__init__(environment)
+        self.run_context = RunContext.of(environment)
+        self.user_id = self.run_context.new_user_id()
+        self.index = len(self.run_context.user_ids) - 1
+        self.rng = random.Random(f"{self.user_id}")
+        self.receiver = self.run_context.accounting.receiver()
+        self.sequences: dict[str, int] = {}
+        self.session: Session | None = None
+        self.rooms: list[str] = []
+        self.unread: deque[tuple[str, int]] = deque(maxlen=UNREAD_KEPT)
+        self.log = log.getChild(self.user_id)
+
+    # -- what subclasses provide ------------------------------------------------------
+
+    def activities(self) -> list[Activity]:
+        return []
+
+    def choose_rooms(self) -> list[str]:
+        return []
+
+    def token(self) -> str:
+        return "loadgen"
+
+    # -- connection -------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.rooms = self.choose_rooms()
+        try:
+            self.open_session()
+        except (TransportError, OperationFailed):
+            # already in Locust's table; the schedule retries
+            pass
+
+    def on_stop(self) -> None:
+        session = self.session
+        if session is not None:
+            self.run_context.sessions.discard(session)
+            session.close()
+
+    def open_session(self) -> None:
+        run = self.run_context
+        session = Session(
+            self.environment.host or self.host,
+            self.driver(),
+            self.receiver,
+            reporter=run.report,
+            sequences=self.sequences,
+            request_timeout=run.request_timeout,
+            on_delivery=self._on_delivery,
+            on_receipt=self._on_receipt,
+            on_malformed=self._on_malformed,
+            on_dropped=self._on_dropped,
+            logger=self.log,
+        )
+        self.session = session
+        session.connect()
+        run.sessions.add(session)
+        session.login(self.user_id, self.token())
+        for room in self.rooms:
+            session.join(room)
+        session.recover()
+
+    def reconnect(self, voluntary: bool) -> None:
+        """Leave cleanly (or find the connection gone), connect again, catch up from history."""
+        old = self.session
+        run = self.run_context
+        if old is not None:
+            run.sessions.discard(old)
+            if voluntary and old.alive:
+                try:
+                    old.logout()
+                    self._linger()
+                except (TransportError, OperationFailed):
+                    pass
+                old.close()
+        run.connections["reconnects"] += 1
+        self.open_session()
+
+    def _linger(self) -> None:
+        """After logout, give messages already on the wire a moment to land before closing."""
+        deadline = time.monotonic() + LINGER_SECONDS
+        while self.receiver.gaps() and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+
+    # -- the schedule -----------------------------------------------------------------
+
+    @task
+    def live(self) -> None:
+        rng = self.rng
+        now = time.time()
+        due = [(now + rng.expovariate(a.rate), n, a) for n, a in enumerate(self.activities()) if a.rate > 0]
+        heapq.heapify(due)
+        run = self.run_context
+        while True:
+            if run.draining:
+                gevent.sleep(1.0)
+                continue
+            session = self.session
+            if session is None or not session.alive:
+                self._recover_connection()
+                continue
+            if not due:
+                gevent.sleep(1.0)
+                continue
+            intended, n, activity = due[0]
+            wait = intended - time.time()
+            if wait > 0:
+                gevent.sleep(min(wait, 1.0))
+                continue
+            heapq.heapreplace(due, (intended + rng.expovariate(activity.rate), n, activity))
+            try:
+                activity(self, intended)
+            except (TransportError, OperationFailed):
+                # reported by the session already; a broken connection is mended next turn
+                pass
+
+    def _recover_connection(self) -> None:
+        try:
+            self.reconnect(voluntary=False)
+        except (TransportError, OperationFailed):
+            gevent.sleep(1.0 + self.rng.random())
+
+    # -- pushes, in the reader greenlet -----------------------------------------------
+
+    def _on_delivery(self, delivery: Delivery, outcome: str) -> None:
+        if not delivery.direct and outcome != "duplicate":
+            self.unread.append((delivery.stream, delivery.seq))
+
+    def _on_receipt(self, receipt: Receipt) -> None:
+        self.run_context.receipts += 1
+
+    def _on_dropped(self) -> None:
+        self.run_context.connections["dropped"] += 1
+
+    def _on_malformed(self, event: Malformed) -> None:
+        self.run_context.malformed += 1
+        self.run_context.fire("WS", "frame.malformed", None, ValueError(event.reason))
+
+
+class PostToRoom(Activity):
+    def __init__(self, rate: float, body_bytes: int) -> None:
+        super().__init__(rate)
+        self.body = "x" * body_bytes
+
+    def __call__(self, user: RealtimeUser, intended: float) -> None:
+        if not user.rooms:
+            return
+        room = user.rng.choice(user.rooms)
+        accounting = user.run_context.accounting
+        lag = time.time() - intended
+        user.session.send(room, self.body, intended + accounting.clock_offset)
+        accounting.record_sent(lag)
+
+
+class SendDirect(Activity):
+    def __init__(self, rate: float, body_bytes: int) -> None:
+        super().__init__(rate)
+        self.body = "x" * body_bytes
+
+    def __call__(self, user: RealtimeUser, intended: float) -> None:
+        others = user.run_context.user_ids
+        if len(others) < 2:
+            return
+        to = others[user.rng.randrange(len(others))]
+        if to == user.user_id:
+            return
+        accounting = user.run_context.accounting
+        lag = time.time() - intended
+        user.session.direct(to, self.body, intended + accounting.clock_offset)
+        accounting.record_sent(lag)
+
+
+class MarkRead(Activity):
+    def __call__(self, user: RealtimeUser, intended: float) -> None:
+        if user.unread:
+            room, seq = user.unread.pop()
+            user.session.read(room, seq)
+
+
+class Reconnect(Activity):
+    """Drop the connection as a phone switching networks would, come back and sync history."""
+
+    def __call__(self, user: RealtimeUser, intended: float) -> None:
+        user.reconnect(voluntary=True)

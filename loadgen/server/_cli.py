@@ -1,0 +1,221 @@
+"""Command line of the reference backend: ``loadgen serve`` and ``python -m loadgen.server``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import math
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from ._config import ServerConfig
+from ._server import ReferenceServer
+
+log = logging.getLogger("loadgen.server")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number between 0 and 65535, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1, got {text}")
+    return value
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the reference backend's flags to ``parser`` (a ``loadgen serve`` subparser or its own)."""
+    net = parser.add_argument_group("listening")
+    net.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    net.add_argument(
+        "--port", type=_port, default=8765, help="WebSocket port; 0 picks a free one (default: %(default)s)"
+    )
+    net.add_argument(
+        "--port-file",
+        metavar="PATH",
+        help="once listening, write the bound port to PATH (how other processes learn a "
+        "--port 0 server is ready); removed on exit",
+    )
+    net.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the Prometheus /metrics endpoint (default: %(default)s)",
+    )
+    net.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics on PORT; 0 picks a free one (default: off)",
+    )
+    proto = parser.add_argument_group("protocol")
+    proto.add_argument(
+        "--secret",
+        help="require login tokens to be hex(HMAC-SHA256(SECRET, user)); "
+        "without it any non-empty token is accepted",
+    )
+    proto.add_argument(
+        "--max-body",
+        type=_count,
+        default=65536,
+        metavar="BYTES",
+        help="longest message body accepted; longer ones get too_large (default: %(default)s)",
+    )
+    proto.add_argument(
+        "--history",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="messages kept per room and per inbox for history and read (default: %(default)s)",
+    )
+    faults = parser.add_argument_group("fault injection (message deliveries only; see docs/protocol.md)")
+    faults.add_argument(
+        "--drop", type=_probability, default=0.0, metavar="P", help="discard each delivery with probability P"
+    )
+    faults.add_argument(
+        "--duplicate",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="send each delivery twice with probability P",
+    )
+    faults.add_argument(
+        "--reorder",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="hold each delivery back with probability P until the next one of its room "
+        "or inbox has gone out (at most 100 ms)",
+    )
+    faults.add_argument(
+        "--delay-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="MS",
+        help="delay each delivery by MS milliseconds, keeping their order",
+    )
+    faults.add_argument(
+        "--jitter-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="J",
+        help="vary the delay uniformly by up to ±J milliseconds",
+    )
+    faults.add_argument(
+        "--disconnect-rate",
+        type=_non_negative,
+        default=0.0,
+        metavar="R",
+        help="abort each logged-in connection R times per second on average (Poisson), as a lost link would",
+    )
+    faults.add_argument("--seed", type=int, metavar="N", help="seed the fault dice so a run can be repeated")
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="logging threshold (default: %(default)s)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The ``ServerConfig`` that parsed ``add_serve_arguments`` flags describe."""
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        port_file=args.port_file,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        secret=args.secret,
+        max_body=args.max_body,
+        history=args.history,
+        drop=args.drop,
+        duplicate=args.duplicate,
+        reorder=args.reorder,
+        delay_ms=args.delay_ms,
+        jitter_ms=args.jitter_ms,
+        disconnect_rate=args.disconnect_rate,
+        seed=args.seed,
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the reference backend until SIGINT or SIGTERM; return the process exit code."""
+    level = getattr(logging, args.log_level)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("loadgen.server").setLevel(level)
+    # websockets logs its own "server listening" lines and, at DEBUG, every frame.
+    logging.getLogger("loadgen.server.websockets").setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        log.error("invalid option: %s", exc)
+        return 2
+    return _runner()(_serve(config))
+
+
+async def _serve(config: ServerConfig) -> int:
+    registry = CollectorRegistry()
+    ProcessCollector(namespace="refserver", registry=registry)
+    server = ReferenceServer(config, registry=registry)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Installed before listening, so a signal that races the start-up still stops cleanly.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("cannot start the reference backend: %s", exc)
+            return 1
+        await stopping.wait()
+    finally:
+        await server.stop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def _runner() -> Callable[[Coroutine[Any, Any, int]], int]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run

@@ -1,0 +1,78 @@
+"""Options of the reference backend, validated once."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FAULT_KINDS = ("drop", "duplicate", "reorder", "disconnect")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Every option of the reference backend, including its fault injection.
+
+    The field names match the command-line flags (``max_body`` is ``--max-body``). Invalid
+    values raise ``ValueError`` naming the field.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    port_file: str | None = None
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    secret: str | None = None
+    max_body: int = 65536
+    history: int = 1000
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    disconnect_rate: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 0 <= value <= 65535):
+                raise ValueError(f"{name} must be a port number between 0 and 65535, got {value!r}")
+        for name in ("max_body", "history"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("drop", "duplicate", "reorder"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability between 0 and 1, got {value!r}")
+        for name in ("delay_ms", "jitter_ms", "disconnect_rate"):
+            value = getattr(self, name)
+            if not _is_real(value) or value < 0.0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+
+    @property
+    def delivery_faults(self) -> bool:
+        """Whether any fault or delay touches message deliveries."""
+        return bool(self.drop or self.duplicate or self.reorder or self.delay_ms or self.jitter_ms)
+
+    def describe_faults(self) -> str:
+        """One line naming the faults that are on, for the start-up log."""
+        parts = [
+            f"{name}={getattr(self, name):g}"
+            for name in ("drop", "duplicate", "reorder")
+            if getattr(self, name)
+        ]
+        if self.delay_ms or self.jitter_ms:
+            parts.append(f"delay={self.delay_ms:g}±{self.jitter_ms:g}ms")
+        if self.disconnect_rate:
+            parts.append(f"disconnect-rate={self.disconnect_rate:g}/s")
+        if not parts:
+            return "no faults injected"
+        seed = "random seed" if self.seed is None else f"seed={self.seed}"
+        return f"injecting faults: {' '.join(parts)} ({seed})"
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

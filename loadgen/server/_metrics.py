@@ -1,0 +1,150 @@
+"""Counters of the reference backend and their Prometheus exposition."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, MetricsHandler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._config import FAULT_KINDS
+
+OPS = ("login", "join", "leave", "send", "dm", "read", "history", "time", "logout")
+# Frames that never named a known op are counted under this label, keeping the label set closed.
+INVALID_OP = "invalid"
+ERROR_CODES = (
+    "bad_json",
+    "bad_request",
+    "unknown_op",
+    "not_logged_in",
+    "auth_failed",
+    "already_logged_in",
+    "not_member",
+    "not_found",
+    "too_large",
+)
+MESSAGE_KINDS = ("room", "dm")
+
+
+class ServerStats:
+    """Plain integer counters.
+
+    They are bumped on the event loop's hot path, where a lock per increment (as
+    ``prometheus_client.Counter`` takes) would cost more than the work it counts; the
+    collector reads them at scrape time instead.
+    """
+
+    __slots__ = ("requests", "errors", "messages", "deliveries", "faults")
+
+    def __init__(self) -> None:
+        self.requests = dict.fromkeys((*OPS, INVALID_OP), 0)
+        self.errors = dict.fromkeys(ERROR_CODES, 0)
+        self.messages = dict.fromkeys(MESSAGE_KINDS, 0)
+        self.deliveries = dict.fromkeys(MESSAGE_KINDS, 0)
+        self.faults = dict.fromkeys(FAULT_KINDS, 0)
+
+
+class Gauges:
+    """Current-state readings computed when scraped."""
+
+    __slots__ = ("connections", "logged_in_users", "rooms", "outbox_frames")
+
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        logged_in_users: Callable[[], int],
+        rooms: Callable[[], int],
+        outbox_frames: Callable[[], int],
+    ) -> None:
+        self.connections = connections
+        self.logged_in_users = logged_in_users
+        self.rooms = rooms
+        self.outbox_frames = outbox_frames
+
+
+class ServerCollector(Collector):
+    """Exposes ``ServerStats`` and ``Gauges`` as ``refserver_*`` metrics."""
+
+    def __init__(self, stats: ServerStats, gauges: Gauges) -> None:
+        self._stats = stats
+        self._gauges = gauges
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = self._gauges
+        yield GaugeMetricFamily(
+            "refserver_connections", "Open WebSocket connections.", value=gauges.connections()
+        )
+        yield GaugeMetricFamily(
+            "refserver_logged_in_users", "Connections with a logged-in user.", value=gauges.logged_in_users()
+        )
+        yield GaugeMetricFamily("refserver_rooms", "Rooms with at least one member.", value=gauges.rooms())
+        yield GaugeMetricFamily(
+            "refserver_outbox_frames",
+            "Frames queued for writing to connections; growth means slow consumers.",
+            value=gauges.outbox_frames(),
+        )
+        stats = self._stats
+        yield _counter("refserver_requests", "Request frames received, by op.", "op", stats.requests)
+        yield _counter("refserver_errors", "Error replies sent, by code.", "code", stats.errors)
+        yield _counter(
+            "refserver_messages", "Messages accepted and sequenced, by kind.", "kind", stats.messages
+        )
+        yield _counter(
+            "refserver_deliveries",
+            "Pushes of messages to recipient connections before fault injection, by kind.",
+            "kind",
+            stats.deliveries,
+        )
+        yield _counter(
+            "refserver_injected_faults", "Faults injected on purpose, by kind.", "kind", stats.faults
+        )
+
+
+def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    # A copy, because the event loop thread may bump the counters while this scrape thread reads.
+    for key, value in dict(values).items():
+        family.add_metric([key], value)
+    return family
+
+
+class MetricsServer:
+    """``/metrics`` over HTTP, served from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        handler = type("_Handler", (MetricsHandler.factory(registry),), {"log_message": _quiet})
+        server_class = _IPv6Server if ":" in host else ThreadingHTTPServer
+        self._httpd = server_class((host, port), handler)
+        # A short poll interval bounds how long stop() waits for the serving thread.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="refserver-metrics",
+            daemon=True,
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Blocks until the serving thread ends."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def _quiet(*_args: object) -> None:
+    """Scrapes every few seconds would otherwise fill stderr with access lines."""

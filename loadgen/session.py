@@ -1,0 +1,292 @@
+"""One user's connection: transport + driver + accounting, with a blocking call per operation.
+
+Scenarios talk to a :class:`Session` ("join r7", "send hello") and never see a frame. The
+session sends what the driver encodes, waits (as a greenlet) for the reply the driver
+decodes, times it, and hands deliveries to the user's :class:`~loadgen.accounting.Receiver`
+in the reader greenlet, in arrival order: a window must open before the first push of the
+room is read, and a message's own acknowledgement must be accounted before a later push.
+
+The session reports every operation through a plain callback, so it runs without Locust
+(tests use it directly); the Locust layer turns the callback into request events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, MutableMapping
+
+from gevent.event import AsyncResult
+
+from loadgen.accounting import Receiver
+from loadgen.drivers.base import (
+    INBOX,
+    ClockResult,
+    Delivery,
+    Driver,
+    Failure,
+    HistoryResult,
+    JoinResult,
+    LeaveResult,
+    LoginResult,
+    LogoutResult,
+    Malformed,
+    Outgoing,
+    ReadResult,
+    Receipt,
+    Reply,
+    SendResult,
+)
+from loadgen.transport import ConnectionClosed, TransportError, WebSocketClient
+
+#: reporter(name, seconds, error): error is None for a success
+Reporter = Callable[[str, float, "BaseException | None"], None]
+
+log = logging.getLogger("loadgen.session")
+
+
+class OperationFailed(Exception):
+    """The backend refused an operation; ``code`` is its error code."""
+
+    def __init__(self, operation: str, code: str, message: str = "") -> None:
+        super().__init__(f"{operation}: {code}" + (f" ({message})" if message else ""))
+        self.operation = operation
+        self.code = code
+        self.message = message
+
+
+class OperationTimeout(OperationFailed):
+    def __init__(self, operation: str, seconds: float) -> None:
+        super().__init__(operation, "timeout", f"no reply within {seconds:g} s")
+
+
+class Session:
+    """A connection of one user. Not shared between users; safe to use from several greenlets."""
+
+    def __init__(
+        self,
+        url: str,
+        driver: Driver,
+        receiver: Receiver,
+        *,
+        reporter: Reporter,
+        sequences: MutableMapping[str, int] | None = None,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        ping_interval: float | None = 20.0,
+        headers: Mapping[str, str] | None = None,
+        on_delivery: Callable[[Delivery, str], None] | None = None,
+        on_receipt: Callable[[Receipt], None] | None = None,
+        on_malformed: Callable[[Malformed], None] | None = None,
+        on_dropped: Callable[[], None] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.url = url
+        self.driver = driver
+        self.receiver = receiver
+        self.report = reporter
+        # per-(sender, stream) counters outlive a connection, so they belong to the caller
+        self.sequences = sequences if sequences is not None else {}
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.ping_interval = ping_interval
+        self.headers = headers
+        self.on_delivery = on_delivery
+        self.on_receipt = on_receipt
+        self.on_malformed = on_malformed
+        self.on_dropped = on_dropped
+        self.log = logger or log
+        self.user: str | None = None
+        self.rooms: set[str] = set()
+        self.logged_out = False
+        self.dropped = False
+        self._ws: WebSocketClient | None = None
+        self._waiting: dict[int, AsyncResult] = {}
+        self._closing = False
+
+    # -- connection -------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    def connect(self) -> None:
+        started = time.perf_counter()
+        try:
+            self._ws = WebSocketClient.connect(
+                self.url,
+                on_message=self._on_message,
+                on_close=self._on_close,
+                timeout=self.connect_timeout,
+                subprotocols=self.driver.subprotocols,
+                headers=self.headers,
+                ping_interval=self.ping_interval,
+                logger=self.log,
+            )
+        except TransportError as exc:
+            self.report("ws.connect", time.perf_counter() - started, exc)
+            raise
+        self.report("ws.connect", time.perf_counter() - started, None)
+
+    def close(self) -> None:
+        """Close the connection; windows still open end at what was seen."""
+        self._closing = True
+        if self._ws is not None:
+            self._ws.close()
+
+    def abort(self) -> None:
+        """Cut the connection without a close frame, as a lost mobile link would."""
+        self._closing = True
+        if self._ws is not None:
+            self._ws.abort()
+
+    # -- operations -------------------------------------------------------------------
+
+    def login(self, user: str, token: str) -> LoginResult:
+        self.user = user
+        return self._call("session.login", self.driver.login(user, token))
+
+    def join(self, room: str) -> JoinResult:
+        result = self._call("room.join", self.driver.join(room))
+        self.rooms.add(room)
+        return result
+
+    def leave(self, room: str) -> LeaveResult:
+        self.rooms.discard(room)
+        return self._call("room.leave", self.driver.leave(room))
+
+    def send(self, room: str, body: str, sent_at: float) -> SendResult:
+        """Post to ``room``; ``sent_at`` is the intended send time on the backend's clock."""
+        cseq = self.sequences[room] = self.sequences.get(room, 0) + 1
+        return self._call("msg.send", self.driver.send(room, cseq, sent_at, body))
+
+    def direct(self, to: str, body: str, sent_at: float) -> SendResult:
+        key = "@" + to
+        cseq = self.sequences[key] = self.sequences.get(key, 0) + 1
+        return self._call("dm.send", self.driver.direct(to, cseq, sent_at, body))
+
+    def read(self, room: str, seq: int) -> ReadResult:
+        return self._call("msg.read", self.driver.read(room, seq))
+
+    def history(self, stream: str, since: int, limit: int = 500) -> HistoryResult:
+        return self._call("history.fetch", self.driver.history(stream, since, limit))
+
+    def logout(self) -> LogoutResult:
+        result = self._call("session.logout", self.driver.logout())
+        self.rooms.clear()
+        return result
+
+    def sync_clock(self, rounds: int = 5) -> tuple[float, float]:
+        """Estimate the backend's clock offset NTP-style; returns (offset, uncertainty) in seconds.
+
+        The sample with the shortest round trip bounds the error best: half its round trip.
+        """
+        best: tuple[float, float] | None = None
+        for _ in range(rounds):
+            t0 = time.time()
+            result: ClockResult = self._call("clock.sync", self.driver.clock(t0))
+            t1 = time.time()
+            half_rtt = (t1 - t0) / 2
+            sample = (result.server_time - (t0 + t1) / 2, half_rtt)
+            if best is None or sample[1] < best[1]:
+                best = sample
+        assert best is not None
+        return best
+
+    def recover(self, limit: int = 500, max_pages: int = 20) -> int:
+        """Fetch history for every stream we miss something in; returns how many were recovered."""
+        recovered = 0
+        for stream, lowest in self.receiver.gaps().items():
+            if stream != INBOX and stream not in self.rooms:
+                continue
+            since = lowest - 1
+            for _ in range(max_pages):
+                page = self.history(stream, since, limit)
+                recovered += self.receiver.recover(page.deliveries)
+                if not page.deliveries or page.deliveries[-1].seq >= page.head:
+                    break
+                since = page.deliveries[-1].seq
+        return recovered
+
+    def _call(self, name: str, outgoing: Outgoing):
+        ws = self._ws
+        waiter = AsyncResult()
+        self._waiting[outgoing.request_id] = waiter
+        started = time.perf_counter()
+        try:
+            if ws is None:
+                raise ConnectionClosed(None, "not connected")
+            if outgoing.binary:
+                ws.send_binary(outgoing.payload)
+            else:
+                ws.send_text(outgoing.payload)
+            result = waiter.get(timeout=self.request_timeout)
+        except TimeoutError as exc:
+            error: BaseException = OperationTimeout(name, self.request_timeout)
+            self.report(name, time.perf_counter() - started, error)
+            raise error from exc
+        except OperationFailed as exc:
+            error = OperationFailed(name, exc.code, exc.message)
+            self.report(name, time.perf_counter() - started, error)
+            raise error from None
+        except TransportError as exc:
+            self.report(name, time.perf_counter() - started, exc)
+            raise
+        finally:
+            self._waiting.pop(outgoing.request_id, None)
+        self.report(name, time.perf_counter() - started, None)
+        return result
+
+    # -- reader greenlet --------------------------------------------------------------
+
+    def _on_message(self, data: bytes, binary: bool) -> None:
+        receiver = self.receiver
+        for event in self.driver.receive(data, binary):
+            if isinstance(event, Delivery):
+                outcome = receiver.deliver(event)
+                if self.on_delivery is not None:
+                    self.on_delivery(event, outcome)
+            elif isinstance(event, Reply):
+                self._apply(event.result)
+                waiter = self._waiting.get(event.request_id)
+                if waiter is not None:
+                    waiter.set(event.result)
+            elif isinstance(event, Failure):
+                waiter = self._waiting.get(event.request_id) if event.request_id is not None else None
+                if waiter is not None:
+                    waiter.set_exception(OperationFailed("", event.code, event.message))
+                else:
+                    self.log.warning("backend error not tied to a request: %s %s", event.code, event.message)
+            elif isinstance(event, Receipt):
+                if self.on_receipt is not None:
+                    self.on_receipt(event)
+            elif self.on_malformed is not None:
+                self.on_malformed(event)
+
+    def _apply(self, result: object) -> None:
+        """Open and close accounting windows the moment the backend's reply is read."""
+        receiver = self.receiver
+        if isinstance(result, SendResult):
+            if result.stream != INBOX:
+                receiver.own(result.stream, result.seq)
+        elif isinstance(result, JoinResult):
+            receiver.open_window(result.room, result.head)
+        elif isinstance(result, LeaveResult):
+            receiver.close_window(result.room, result.head)
+        elif isinstance(result, LoginResult):
+            receiver.open_window(INBOX, result.inbox_head)
+        elif isinstance(result, LogoutResult):
+            self.logged_out = True
+            receiver.close_all({**result.heads, INBOX: result.inbox_head})
+
+    def _on_close(self, closed: ConnectionClosed) -> None:
+        if not self.logged_out:
+            # the heads at the break are unknown: windows end at what was seen
+            self.receiver.close_all(None)
+        self.dropped = not self._closing
+        if self.dropped:
+            self.log.info("connection of %s dropped: code %s %s", self.user, closed.code, closed.reason)
+            if self.on_dropped is not None:
+                self.on_dropped()
+        for waiter in list(self._waiting.values()):
+            waiter.set_exception(closed)

@@ -1,0 +1,635 @@
+"""WebSocket client for Locust's gevent world.
+
+The protocol itself is websockets' Sans-I/O ``ClientProtocol``: bytes go in through
+``receive_data``, frames come out of ``events_received``, bytes to write come out of
+``data_to_send``. This module only drives it over a gevent socket.
+
+Why not one of the ready-made clients: asyncio clients cannot run inside Locust's gevent
+hub, and the websockets threading client (``websockets.sync``) keeps a reader thread and
+a keepalive thread per connection; under gevent those become two greenlets and, with
+their buffers, cost about 46 KiB per connection. A load generator holds thousands of
+connections per process, so here a connection is one gevent socket, one
+``ClientProtocol`` and one reader greenlet. Keepalive adds two event-loop timers (a few
+hundred bytes) and a greenlet that lives only while a ping is being written.
+
+Concurrency rules, which the rest of the module relies on:
+
+- Only the reader greenlet calls ``receive_data``; ``on_message`` and ``on_close`` run
+  there.
+- Every write is ``protocol.send_*`` + ``data_to_send`` + ``sendall`` under one lock, so
+  two frames never interleave on the wire. Whoever holds the lock also writes whatever
+  the protocol queued meanwhile (pongs, close frames), so the reader never has to wait
+  behind a large send to answer a ping.
+- Every way a connection can end (close handshake, network error, keepalive timeout,
+  local close or abort) ends with the reader greenlet leaving its loop; the reader alone
+  reports the end, which is why ``on_close`` runs exactly once.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.socket
+import gevent.ssl
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidStatus, InvalidURI, ProtocolError
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.protocol import CLOSED, OPEN
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
+
+__all__ = [
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "HandshakeError",
+    "TransportError",
+    "WebSocketClient",
+]
+
+_LOGGER = logging.getLogger("loadgen.transport")
+
+# Large enough that a big frame arrives in few reads, and only allocated per read: a
+# receive buffer kept per connection would cost this much for every idle connection.
+_RECV_SIZE = 65536
+
+# Bound on waiting for the server to close TCP after it started the closing handshake;
+# a client is expected to let the server close first (RFC 6455 7.1.1).
+_CLOSE_TIMEOUT = 5.0
+
+# Bound on writing our close frame when keepalive gives up on a peer that may be stuck.
+_FAIL_FLUSH_TIMEOUT = 1.0
+
+# The reader wakes as soon as its socket is closed; this only guards against an
+# on_message callback that blocks while close() or abort() waits for the reader.
+_READER_JOIN_TIMEOUT = 1.0
+
+_CLEAN_CLOSE_CODES = frozenset({1000, 1001})
+
+_TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
+
+_connection_ids = itertools.count(1)
+
+
+class TransportError(Exception):
+    """Base class of every error raised by this module."""
+
+
+class ConnectError(TransportError):
+    """The connection could not be established: refused, DNS, TLS, or a failed upgrade."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"cannot connect to {self.url}: {self.reason}"
+
+
+class ConnectTimeout(ConnectError):
+    """TCP connect, TLS handshake and HTTP upgrade did not finish within the timeout."""
+
+
+class HandshakeError(ConnectError):
+    """The server answered the upgrade with something other than a valid 101 response."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None) -> None:
+        TransportError.__init__(self, url, reason, status)
+        self.url = url
+        self.reason = reason
+        self.status = status
+
+
+class ConnectionClosed(TransportError):
+    """The connection is closed, or closing; passed to ``on_close`` and raised by sends.
+
+    ``code`` is the close code the server sent; when there was none, it is the code this
+    side failed the connection with (1009 message too big, 1011 keepalive timeout,
+    1002 protocol error), else 1006. It is ``None`` only while a closing handshake is
+    still in progress. ``clean`` is true when both sides exchanged close frames with
+    1000 or 1001.
+    """
+
+    def __init__(self, code: int | None, reason: str, clean: bool = False) -> None:
+        super().__init__(code, reason, clean)
+        self.code = code
+        self.reason = reason
+        self.clean = clean
+
+    def __str__(self) -> str:
+        if self.code is None:
+            return f"connection closing ({self.reason})"
+        return f"connection closed with code {self.code}" + (f" ({self.reason})" if self.reason else "")
+
+
+class _ConnectionLogger(logging.LoggerAdapter):
+    # An adapter rather than logger.getChild(id): child loggers are registered in the
+    # logging manager forever, which leaks one logger per connection over a long soak.
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        return f"{self.extra['conn']} {msg}", kwargs  # type: ignore[index]
+
+
+@functools.cache
+def _default_ssl_context() -> ssl.SSLContext:
+    # One shared context: building one loads the CA store, too costly per connection.
+    return ssl.create_default_context()
+
+
+class WebSocketClient:
+    """One WebSocket connection; create it with :meth:`connect`.
+
+    ``closed`` turns true as soon as the connection stops being usable for sending (a
+    closing handshake started, the link was lost or aborted); ``close_code`` and
+    ``close_reason`` are set once the connection has ended, just before ``on_close``.
+    ``callback_errors`` counts exceptions raised by ``on_message``.
+    """
+
+    __slots__ = (
+        "url",
+        "subprotocol",
+        "close_code",
+        "close_reason",
+        "callback_errors",
+        "_protocol",
+        "_sock",
+        "_log",
+        "_on_message",
+        "_on_close",
+        "_send_lock",
+        "_done",
+        "_reader",
+        "_lost_reason",
+        "_close_requested",
+        "_result",
+        "_fragments",
+        "_fragments_binary",
+        "_ping_interval",
+        "_ping_timeout",
+        "_timer",
+        "_ping_payload",
+        "_awaiting_pong",
+    )
+
+    def __init__(
+        self,
+        url: str,
+        sock: gevent.socket.socket,
+        protocol: ClientProtocol,
+        log: logging.LoggerAdapter,
+        on_message: Callable[[bytes, bool], None],
+        on_close: Callable[[ConnectionClosed], None] | None,
+    ) -> None:
+        self.url = url
+        self.subprotocol: str | None = protocol.subprotocol
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.callback_errors = 0
+        self._protocol = protocol
+        self._sock = sock
+        self._log = log
+        self._on_message = on_message
+        self._on_close = on_close
+        self._send_lock = gevent.lock.Semaphore()
+        self._done = gevent.event.Event()
+        self._reader: Any = None
+        self._lost_reason: str | None = None
+        self._close_requested = False
+        self._result: ConnectionClosed | None = None
+        self._fragments: list[bytes | bytearray] = []
+        self._fragments_binary = False
+        self._ping_interval: float | None = None
+        self._ping_timeout: float | None = None
+        self._timer: Any = None
+        self._ping_payload = b""
+        self._awaiting_pong = False
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        *,
+        on_message: Callable[[bytes, bool], None],
+        on_close: Callable[[ConnectionClosed], None] | None = None,
+        timeout: float = 10.0,
+        subprotocols: Sequence[str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        ssl_context: ssl.SSLContext | None = None,
+        max_size: int | None = 2**24,
+        logger: logging.Logger | None = None,
+    ) -> WebSocketClient:
+        """Open a connection and start reading from it.
+
+        ``timeout`` bounds DNS, TCP connect, TLS handshake and HTTP upgrade together.
+        ``on_message(payload, is_binary)`` gets each complete message, text as raw UTF-8.
+        Headers given here replace default ones of the same name. With ``ping_interval``
+        set, a ping goes out that often, and the connection fails with 1011 when no pong
+        comes within ``ping_timeout``; keepalive is also what bounds a send to a peer that
+        stopped reading. Raises :class:`ConnectError` or one of its subclasses, and
+        ``ValueError`` for a malformed URL or an ``ssl_context`` with a ``ws://`` URL.
+        """
+        try:
+            wsuri = parse_uri(url)
+        except InvalidURI as exc:
+            raise ValueError(str(exc)) from exc
+        if ssl_context is not None and not wsuri.secure:
+            raise ValueError(f"ssl_context given for a ws:// URL: {url}")
+
+        log = _ConnectionLogger(logger or _LOGGER, {"conn": f"ws{next(_connection_ids)}"})
+        protocol = ClientProtocol(
+            wsuri,
+            subprotocols=[Subprotocol(name) for name in subprotocols] if subprotocols else None,
+            max_size=max_size,
+            logger=log,
+        )
+        request = protocol.connect()
+        for name, value in (headers or {}).items():
+            if name in request.headers:
+                del request.headers[name]
+            request.headers[name] = value
+        protocol.send_request(request)
+
+        sock: Any = None
+        deadline = gevent.Timeout(timeout)
+        deadline.start()
+        try:
+            sock = gevent.socket.create_connection((wsuri.host, wsuri.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if wsuri.secure:
+                # gevent's SSLSocket with the caller's context, whether or not that context
+                # came from a monkey-patched ssl module: the stdlib's own wrap_socket would
+                # turn the socket back into a blocking one and stall the whole hub.
+                sock = gevent.ssl.SSLSocket(
+                    sock=sock,
+                    server_hostname=wsuri.host,
+                    do_handshake_on_connect=False,
+                    _context=ssl_context or _default_ssl_context(),
+                )
+                sock.do_handshake()
+            for chunk in protocol.data_to_send():
+                sock.sendall(chunk)
+            events = _read_handshake_response(url, sock, protocol)
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            if exc is deadline or isinstance(exc, TimeoutError):
+                raise ConnectTimeout(url, f"no WebSocket connection within {timeout:g} s") from None
+            if isinstance(exc, ssl.SSLError):
+                raise ConnectError(url, f"TLS handshake failed: {exc}") from exc
+            if isinstance(exc, socket.gaierror):
+                raise ConnectError(url, f"cannot resolve {wsuri.host}: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise ConnectError(url, exc.strerror or str(exc)) from exc
+            raise
+        finally:
+            deadline.close()
+
+        client = cls(url, sock, protocol, log, on_message, on_close)
+        log.debug("connected to %s (subprotocol %s)", url, client.subprotocol)
+        client._start(events, ping_interval, ping_timeout)
+        return client
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection can no longer send: closing, closed, lost or aborted."""
+        return self._result is not None or self._lost_reason is not None or self._protocol.state is not OPEN
+
+    def send_text(self, data: str | bytes) -> None:
+        """Send a text message; ``bytes`` must already be UTF-8. Raises ConnectionClosed."""
+        self._send(data.encode() if isinstance(data, str) else data, binary=False)
+
+    def send_binary(self, data: bytes) -> None:
+        """Send a binary message. Raises ConnectionClosed."""
+        self._send(data, binary=True)
+
+    def close(self, code: int = 1000, reason: str = "", timeout: float = 5.0) -> None:
+        """Run the closing handshake, waiting at most ``timeout``, then close the socket.
+
+        Idempotent. When the handshake does not finish in time the connection is dropped
+        and ends with code 1006. Called from ``on_message``, it sends the close frame and
+        returns; the reader finishes the handshake once the callback returns.
+        """
+        if self._result is not None:
+            return
+        in_reader = gevent.getcurrent() is self._reader
+        with gevent.Timeout(timeout, False):
+            self._send_close(code, reason, timeout)
+            if not in_reader:
+                self._done.wait()
+        if self._result is not None:
+            return
+        if in_reader and self._protocol.state is not OPEN:
+            return
+        if self._lost_reason is None:
+            self._lost_reason = f"no closing handshake within {timeout:g} s"
+        self._drop()
+        if not in_reader:
+            self._done.wait(_READER_JOIN_TIMEOUT)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a close frame, as a lost link would."""
+        if self._result is not None:
+            return
+        if self._lost_reason is None:
+            self._lost_reason = "aborted locally"
+        self._drop()
+        if gevent.getcurrent() is not self._reader:
+            self._done.wait(_READER_JOIN_TIMEOUT)
+
+    def __repr__(self) -> str:
+        state = "open" if not self.closed else f"closed {self.close_code}"
+        return f"<WebSocketClient {self.url} {state}>"
+
+    # Writing.
+
+    def _send(self, data: bytes, binary: bool) -> None:
+        with self._send_lock:
+            protocol = self._protocol
+            if self._lost_reason is not None or protocol.state is not OPEN:
+                raise self._closed_error()
+            if binary:
+                protocol.send_binary(data)
+            else:
+                protocol.send_text(data)
+            try:
+                self._flush_locked()
+            except OSError as exc:
+                raise self._closed_error() from exc
+
+    def _flush_locked(self) -> None:
+        protocol = self._protocol
+        sendall = self._sock.sendall
+        try:
+            # Loop until empty: the reader may queue a pong or a close frame while this
+            # greenlet waits in sendall, and leaves writing it to the lock holder.
+            while protocol.writes:
+                for chunk in protocol.data_to_send():
+                    # An empty chunk asks for a half-close; the socket is closed right
+                    # after in every case where the protocol asks for one.
+                    if chunk:
+                        sendall(chunk)
+        except BaseException as exc:
+            # A frame cut short (error, or a greenlet killed mid-send, as Locust does when
+            # it stops users) leaves a stream the server cannot parse: nothing more may go out.
+            if isinstance(exc, OSError):
+                self._connection_lost(f"send failed: {exc}")
+            else:
+                self._connection_lost(f"send interrupted by {type(exc).__name__}")
+            raise
+
+    def _send_close(self, code: int, reason: str, timeout: float) -> None:
+        with self._send_lock:
+            protocol = self._protocol
+            if self._lost_reason is not None or protocol.state is not OPEN:
+                return
+            try:
+                protocol.send_close(code, reason)
+            except ProtocolError as exc:
+                raise ValueError(f"cannot close with code {code} and reason {reason!r}: {exc}") from exc
+            self._close_requested = True
+            self._stop_keepalive()
+            # Bounds the reader's wait for the server's answer even when close() was
+            # called from on_message and so cannot wait itself.
+            self._sock.settimeout(timeout)
+            try:
+                self._flush_locked()
+            except OSError:
+                pass
+
+    def _connection_lost(self, reason: str) -> None:
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        self._drop()
+
+    def _drop(self) -> None:
+        # Closing a gevent socket wakes a greenlet blocked on it with EBADF, which is how
+        # the reader (and a sender stuck in sendall) learn that the connection is gone.
+        self._stop_keepalive()
+        self._sock.close()
+
+    # Reading.
+
+    def _start(self, events: list[Any], ping_interval: float | None, ping_timeout: float | None) -> None:
+        # A raw greenlet: a gevent.Greenlet adds links and bookkeeping that nothing here uses.
+        self._reader = gevent.spawn_raw(self._read_loop, events)
+        if ping_interval is not None:
+            self._ping_interval = ping_interval
+            self._ping_timeout = ping_timeout
+            self._arm(ping_interval, self._ping_due)
+
+    def _read_loop(self, events: list[Any]) -> None:
+        protocol = self._protocol
+        recv = self._sock.recv
+        try:
+            # Frames and pings that arrived together with the handshake response.
+            if protocol.writes:
+                self._flush_from_reader()
+            if events:
+                self._dispatch(events)
+            while protocol.state is not CLOSED:
+                data = recv(_RECV_SIZE)
+                if data:
+                    protocol.receive_data(data)
+                else:
+                    protocol.receive_eof()
+                if protocol.writes:
+                    self._flush_from_reader()
+                if protocol.events:
+                    self._dispatch(protocol.events_received())
+        except TimeoutError:
+            if self._lost_reason is None:
+                self._lost_reason = "timed out waiting for the server to close the connection"
+        except OSError as exc:
+            if self._lost_reason is None:
+                self._lost_reason = f"connection lost: {exc}"
+        except Exception:
+            self._log.exception("reader failed")
+            if self._lost_reason is None:
+                self._lost_reason = "reader failed"
+        finally:
+            if self._lost_reason is None and protocol.state is not CLOSED:
+                self._lost_reason = "reader stopped"
+            self._finish()
+
+    def _flush_from_reader(self) -> None:
+        # When a sender holds the lock it writes what the protocol queued before releasing
+        # it; waiting for the lock here would stop reading behind a large send.
+        if not self._send_lock.locked():
+            with self._send_lock:
+                self._flush_locked()
+        if self._protocol.close_expected():
+            self._stop_keepalive()
+            self._sock.settimeout(_CLOSE_TIMEOUT)
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        on_message = self._on_message
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode is _TEXT or opcode is _BINARY:
+                if not frame.fin:
+                    self._fragments = [frame.data]
+                    self._fragments_binary = opcode is _BINARY
+                    continue
+                # The parser hands out bytearrays; callers get the immutable type they expect.
+                payload = bytes(frame.data)
+                binary = opcode is _BINARY
+            elif opcode is _CONT:
+                self._fragments.append(frame.data)
+                if not frame.fin:
+                    continue
+                payload = b"".join(self._fragments)
+                self._fragments = []
+                binary = self._fragments_binary
+            else:
+                if opcode is _PONG and self._awaiting_pong and frame.data == self._ping_payload:
+                    self._pong_received()
+                continue
+            try:
+                on_message(payload, binary)
+            except Exception:
+                self.callback_errors += 1
+                if self.callback_errors == 1:
+                    self._log.exception("on_message raised; further errors on this connection are only counted")
+
+    def _finish(self) -> None:
+        self._stop_keepalive()
+        self._sock.close()
+        code, reason, clean = self._outcome()
+        if code is None:
+            code, reason = 1006, self._lost_reason or "connection closed without a close frame"
+        self.close_code, self.close_reason = code, reason
+        self._result = result = ConnectionClosed(code, reason, clean)
+        if clean:
+            self._log.debug("closed: %s", result)
+        else:
+            self._log.info("closed: %s", result)
+        if self.callback_errors > 1:
+            self._log.warning("on_message raised %d times on this connection", self.callback_errors)
+        if self._on_close is not None:
+            try:
+                self._on_close(result)
+            except Exception:
+                self._log.exception("on_close raised")
+        self._done.set()
+
+    def _outcome(self) -> tuple[int | None, str, bool]:
+        protocol = self._protocol
+        received, sent = protocol.close_rcvd, protocol.close_sent
+        if received is not None:
+            clean = sent is not None and received.code in _CLEAN_CLOSE_CODES and sent.code in _CLEAN_CLOSE_CODES
+            return received.code, received.reason, clean
+        if sent is not None and not self._close_requested:
+            # This side failed the connection (message too big, protocol error, keepalive).
+            return sent.code, sent.reason, False
+        if self._lost_reason is not None or protocol.state is CLOSED:
+            return 1006, self._lost_reason or "connection closed without a close frame", False
+        return None, "closing handshake in progress", False
+
+    def _closed_error(self) -> ConnectionClosed:
+        # A new instance each time: re-raising one instance would chain tracebacks onto it.
+        if self._result is not None:
+            return ConnectionClosed(self._result.code, self._result.reason, self._result.clean)
+        return ConnectionClosed(*self._outcome())
+
+    # Keepalive. One timer at a time: waiting for the next ping, or for a pong. A fresh
+    # watcher each time, because restarting an expired libev timer fires it at once.
+    # Timer callbacks run in the hub, which must never block, so anything that writes
+    # runs in a greenlet of its own.
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self._timer.close()
+        # ref=False: idle connections alone must not keep the event loop running.
+        self._timer = gevent.get_hub().loop.timer(seconds, ref=False)
+        self._timer.start(callback)
+
+    def _ping_due(self) -> None:
+        if self._ping_interval is None:
+            return
+        if self._ping_timeout is not None:
+            # The pong deadline starts now rather than once the ping is written: when a
+            # send is stuck on a peer that stopped reading, the ping cannot be written
+            # either, and this deadline is what ends the wait.
+            self._awaiting_pong = True
+            self._arm(self._ping_timeout, self._pong_overdue)
+        gevent.spawn_raw(self._send_ping)
+
+    def _send_ping(self) -> None:
+        payload = os.urandom(4)
+        protocol = self._protocol
+        try:
+            with self._send_lock:
+                if self._ping_interval is None or self._lost_reason is not None or protocol.state is not OPEN:
+                    return
+                self._ping_payload = payload
+                protocol.send_ping(payload)
+                self._flush_locked()
+        except OSError:
+            return
+        if self._ping_timeout is None and self._ping_interval is not None:
+            self._arm(self._ping_interval, self._ping_due)
+
+    def _pong_received(self) -> None:
+        self._awaiting_pong = False
+        if self._ping_interval is not None:
+            self._arm(self._ping_interval, self._ping_due)
+
+    def _pong_overdue(self) -> None:
+        gevent.spawn_raw(self._keepalive_failed)
+
+    def _keepalive_failed(self) -> None:
+        if not self._awaiting_pong:
+            return
+        self._log.info("no pong within %g s", self._ping_timeout)
+        protocol = self._protocol
+        if protocol.state is OPEN and self._lost_reason is None:
+            protocol.fail(1011, "keepalive ping timeout")
+            with gevent.Timeout(_FAIL_FLUSH_TIMEOUT, False):
+                try:
+                    with self._send_lock:
+                        self._flush_locked()
+                except OSError:
+                    pass
+        self._connection_lost("keepalive ping timeout")
+
+    def _stop_keepalive(self) -> None:
+        self._ping_interval = None
+        self._awaiting_pong = False
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+
+
+def _read_handshake_response(url: str, sock: Any, protocol: ClientProtocol) -> list[Any]:
+    """Read until the upgrade response is complete; return the frames that came with it."""
+    while True:
+        data = sock.recv(_RECV_SIZE)
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        events = protocol.events_received()
+        exc = protocol.handshake_exc
+        if exc is not None:
+            if isinstance(exc, InvalidStatus):
+                status: int | None = exc.response.status_code
+            elif events and isinstance(events[0], Response):
+                status = events[0].status_code
+            else:
+                status = None
+            raise HandshakeError(url, str(exc), status) from exc
+        if protocol.state is OPEN:
+            return events[1:]

@@ -1,0 +1,94 @@
+"""Test support: a real reference backend process and real `locust` runs, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+#: one factor scales every wait in the suite, for slow CI machines
+SCALE = float(os.environ.get("LOADGEN_TEST_TIMEOUT_SCALE", "1"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Backend:
+    """A `loadgen serve` process with its metrics endpoint."""
+
+    def __init__(self, tmp: Path, *flags: str) -> None:
+        self.metrics_port = free_port()
+        port_file = tmp / f"port-{self.metrics_port}"
+        self.log_path = tmp / f"backend-{self.metrics_port}.log"
+        command = [
+            sys.executable, "-m", "loadgen.server", "--port", "0", "--port-file", str(port_file),
+            "--metrics-port", str(self.metrics_port), *flags,
+        ]  # fmt: skip
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 20 * SCALE
+        while not port_file.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"backend did not start: {self.log_path.read_text()}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        self.url = f"ws://127.0.0.1:{self.port}"
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample from the backend's /metrics (0 when absent)."""
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            match = re.match(r"^([a-zA-Z_:]+)(?:\{(.*)\})? (\S+)$", line)
+            if match and match.group(1) == name:
+                got = ",".join(sorted(p for p in (match.group(2) or "").split(",") if p))
+                if got == wanted:
+                    return float(match.group(3))
+        return 0.0
+
+    def injected(self, kind: str) -> int:
+        return int(self.metric("refserver_injected_faults_total", kind=kind))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20 * SCALE)
+
+
+class LocustRun:
+    def __init__(self, returncode: int, output: str, summary: dict | None) -> None:
+        self.returncode = returncode
+        self.output = output
+        self.summary = summary
+
+    def __repr__(self) -> str:
+        return f"LocustRun(rc={self.returncode}, output tail:\n{self.output[-3000:]})"
+
+
+def run_locust(tmp: Path, locustfile: str, *args: str, timeout: float = 120) -> LocustRun:
+    """Run the real `locust` command headless and read back its summary."""
+    summary = tmp / f"summary-{time.monotonic_ns()}.json"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
+        "--summary", str(summary), "--results", str(tmp / "results"), *args,
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp, capture_output=True, text=True, timeout=timeout * SCALE, stdin=subprocess.DEVNULL
+    )
+    data = json.loads(summary.read_text()) if summary.exists() else None
+    return LocustRun(done.returncode, done.stdout + done.stderr, data)

@@ -1,0 +1,184 @@
+"""Delivery accounting from hand-built event sequences: no sockets, no clocks but fake ones."""
+
+import pytest
+
+from loadgen.accounting import Accounting, percentiles_ms
+from loadgen.drivers.base import INBOX, Delivery
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def accounting(clock):
+    return Accounting(delivery_timeout=5.0, monotonic=clock, wallclock=clock)
+
+
+def msg(seq, stream="r1", sent_at=999.0):
+    return Delivery(stream, seq, "u9", seq, sent_at, sent_at)
+
+
+def test_in_order_deliveries_count_once_each(accounting):
+    """Deliveries in sequence after the join head are delivered, nothing else."""
+    r = accounting.receiver()
+    r.open_window("r1", 10)
+    assert [r.deliver(msg(s)) for s in (11, 12, 13)] == ["delivered"] * 3
+    c = accounting.counts
+    assert (c.delivered, c.lost, c.duplicated, c.out_of_order) == (3, 0, 0, 0)
+
+
+def test_hole_becomes_lost_only_after_the_timeout(accounting, clock):
+    """A gap is lost once it stays open for the delivery timeout, not before."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.deliver(msg(3))
+    clock.now += 4.9
+    assert accounting.expire() == 0
+    clock.now += 0.2
+    assert accounting.expire() == 1
+    assert accounting.counts.lost == 1
+
+
+def test_late_fill_is_out_of_order_not_lost(accounting, clock):
+    """A message overtaken by a later one fills its hole and counts as out of order."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(2))
+    assert r.deliver(msg(1)) == "out_of_order"
+    clock.now += 10
+    accounting.expire()
+    c = accounting.counts
+    assert (c.delivered, c.lost, c.out_of_order) == (2, 0, 1)
+
+
+def test_second_copy_is_a_duplicate(accounting):
+    """A sequence seen twice counts one duplicate and one delivery."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    assert r.deliver(msg(1)) == "duplicate"
+    assert (accounting.counts.delivered, accounting.counts.duplicated) == (1, 1)
+
+
+def test_messages_before_the_join_head_are_not_expected(accounting, clock):
+    """Sequences at or below the join head are outside the window and never become holes."""
+    r = accounting.receiver()
+    r.open_window("r1", 50)
+    r.deliver(msg(51))
+    clock.now += 60
+    accounting.expire()
+    assert accounting.counts.lost == 0
+
+
+def test_leave_head_reveals_a_dropped_last_message(accounting):
+    """The head in a leave or logout reply exposes a missing last message of the room."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.close_window("r1", 2)
+    assert accounting.open_holes() == 1
+    assert accounting.finalize() == 1
+    assert accounting.counts.lost == 1
+
+
+def test_message_landing_after_leave_fills_its_hole_in_order(accounting):
+    """A message still on the wire at logout fills the head's hole without being out of order."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.close_window("r1", 3)
+    r.deliver(msg(2))
+    r.deliver(msg(3))
+    assert accounting.finalize() == 0
+    assert accounting.counts.out_of_order == 0
+
+
+def test_broken_connection_closes_the_window_at_what_was_seen(accounting, clock):
+    """Without a head, a break never invents losses beyond the last sequence seen."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.close_all(None)
+    r.open_window("r1", 9)
+    r.deliver(msg(10))
+    clock.now += 60
+    accounting.expire()
+    assert accounting.counts.lost == 0
+
+
+def test_history_fills_holes_as_recovered(accounting, clock):
+    """Holes filled from history count as recovered, including ones already counted lost."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.deliver(msg(4))
+    clock.now += 6
+    accounting.expire()
+    assert accounting.counts.lost == 2
+    assert r.gaps() == {"r1": 2}
+    assert r.recover([msg(1), msg(2), msg(3), msg(4), msg(5)]) == 2
+    c = accounting.counts
+    assert (c.lost, c.recovered) == (0, 2)
+    assert r.gaps() == {}
+
+
+def test_own_acknowledged_message_is_not_a_hole(accounting, clock):
+    """The sender's own message, known from its ack, is not expected as a push."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.own("r1", 2)
+    r.deliver(msg(3))
+    clock.now += 60
+    accounting.expire()
+    assert (accounting.counts.lost, accounting.counts.out_of_order) == (0, 0)
+
+
+def test_push_overtaken_by_own_message_is_in_order(accounting):
+    """A push arriving after our own later message was not reordered by the backend."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.own("r1", 2)
+    assert r.deliver(msg(1)) == "delivered"
+    assert accounting.counts.out_of_order == 0
+
+
+def test_inbox_is_a_stream_like_a_room(accounting):
+    """Direct messages are accounted per inbox sequence, with the login head as window start."""
+    r = accounting.receiver()
+    r.open_window(INBOX, 3)
+    r.deliver(msg(5, stream=INBOX))
+    assert r.gaps() == {INBOX: 4}
+
+
+def test_latency_is_receive_time_minus_intended_send_time(accounting, clock):
+    """Latency is measured from the stamped send time, at microsecond resolution."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    clock.now = 1000.0
+    r.deliver(msg(1, sent_at=1000.0 - 0.0421))
+    p = percentiles_ms(accounting.latency)
+    assert p["p50"] == pytest.approx(42.1, abs=0.05)
+    assert accounting.unreported_latency_ms == {42: 1}
+
+
+def test_operation_percentiles_and_failures(accounting):
+    """Operations keep their own histogram; failures are counted, not timed."""
+    for ms in range(1, 101):
+        accounting.record_operation("room.join", ms / 1000)
+    accounting.record_operation("room.join", 5.0, failed=True)
+    s = accounting.operations["room.join"].summary()
+    assert s["count"] == 101 and s["failures"] == 1
+    assert s["p50_ms"] == pytest.approx(50, rel=0.01)
+    assert s["max_ms"] == pytest.approx(100, rel=0.01)
