@@ -105,7 +105,8 @@ def generator_ours(args) -> dict:
 
     sessions = []
     for n in range(args.users):
-        session = Session(args.url, ReferenceDriver(), accounting.receiver(), reporter=ignore, ping_interval=None)
+        receiver = accounting.receiver()
+        session = Session(args.url, ReferenceDriver(), receiver, reporter=ignore, ping_interval=None)
         session.connect()
         session.login(f"b{n}", "t")
         session.join(f"bench-{n % args.rooms}")
@@ -123,11 +124,15 @@ def generator_ours(args) -> dict:
             session.send(room, "x" * 64, due)
             accounting.record_sent(time.time() - due)
 
+    def losses() -> dict:
+        accounting.expire()
+        return {"lost": accounting.counts.lost}
+
     return measure(
         lambda: [gevent.spawn(post, s, n) for n, s in enumerate(sessions)],
         lambda: accounting.counts.delivered,
         args.seconds,
-        extra=lambda: {"lost": accounting.expire() and accounting.counts.lost},
+        extra=losses,
     )
 
 

@@ -26,7 +26,25 @@ def build_parser() -> argparse.ArgumentParser:
         "count every injected fault in refserver_injected_faults_total{kind}.",
     )
     add_serve_arguments(serve)
+    commands.add_parser(
+        "options",
+        help="list the options the toolkit adds to `locust` (Locust prints --help before reading a locustfile)",
+    )
     return parser
+
+
+def run_options_help() -> str:
+    from loadgen.run import add_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="locust -f locustfiles/<scenario>.py",
+        add_help=False,
+        description="Options the toolkit adds to Locust's own. They also work in Locust config files, "
+        "as LOCUST_<NAME> environment variables and in the web UI's advanced options. Locust's own "
+        "--profile labels a run; a value naming a YAML file is also read as the load profile.",
+    )
+    add_arguments(parser)
+    return parser.format_help()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         from loadgen.server import serve
 
         return serve(args)
+    if args.command == "options":
+        sys.stdout.write(run_options_help())
+        return 0
     return 2
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+import configargparse
 import gevent
 from locust import log as locust_log
 from locust.env import Environment
@@ -27,7 +28,8 @@ from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
 from loadgen.embedded import BackendStartError, EmbeddedBackend
 from loadgen.profile import ProfileError, load_profile
-from loadgen.transport import TransportError, WebSocketClient
+from loadgen.session import OperationFailed, Session
+from loadgen.transport import ConnectError, TransportError, WebSocketClient
 
 log = logging.getLogger("loadgen")
 
@@ -39,28 +41,30 @@ EXIT_UNREACHABLE = 3
 EXIT_USAGE = 2
 
 
+#: (flag, argparse keywords) of every option the toolkit adds to locust
+OPTIONS: tuple[tuple[str, dict], ...] = (
+    ("--summary", {"metavar": "PATH", "default": None,
+                   "help": "also write the run's summary JSON to PATH (it is always written to the results folder)"}),
+    ("--results", {"metavar": "DIR", "default": None,
+                   "help": "results folder of the run (default: results/<UTC time>-<scenario>/)"}),
+    ("--delivery-timeout", {"metavar": "SECONDS", "type": float, "default": 5.0,
+                            "help": "a message missing this long while its receiver stayed in the room "
+                                    "counts as lost (default 5)"}),
+    ("--drain", {"metavar": "SECONDS", "type": float, "default": None,
+                 "help": "at the end, how long to let in-flight messages land (default: the delivery timeout)"}),
+    ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
+                           "help": "how long an operation may wait for the backend's reply (default 10)"}),
+)  # fmt: skip
+
+
 def add_arguments(parser) -> None:
+    """Add the toolkit's options; on Locust's parser each also reads ``LOCUST_<NAME>`` from the environment."""
     group = parser.add_argument_group("loadgen", "Options of the IM/RTC load toolkit")
-    group.add_argument(
-        "--summary", metavar="PATH", default=None,
-        help="also write the run's summary JSON to PATH (it is always written to the results folder)",
-    )  # fmt: skip
-    group.add_argument(
-        "--results", metavar="DIR", default=None,
-        help="results folder of the run (default: results/<UTC time>-<scenario>/)",
-    )  # fmt: skip
-    group.add_argument(
-        "--delivery-timeout", metavar="SECONDS", type=float, default=5.0,
-        help="a message missing this long while its receiver stayed in the room counts as lost (default 5)",
-    )  # fmt: skip
-    group.add_argument(
-        "--drain", metavar="SECONDS", type=float, default=None,
-        help="at the end, how long to let in-flight messages land (default: the delivery timeout)",
-    )  # fmt: skip
-    group.add_argument(
-        "--request-timeout", metavar="SECONDS", type=float, default=10.0,
-        help="how long an operation may wait for the backend's reply (default 10)",
-    )  # fmt: skip
+    takes_env = isinstance(parser, configargparse.ArgumentParser)
+    for flag, keywords in OPTIONS:
+        if takes_env:
+            keywords = {**keywords, "env_var": "LOCUST_" + flag[2:].replace("-", "_").upper()}
+        group.add_argument(flag, **keywords)
 
 
 def install(events, scenario: str) -> None:
@@ -146,6 +150,7 @@ class RunContext:
         self.connect_errors: Counter[str] = Counter()
         self.receipts = 0
         self.malformed = 0
+        self.clock_uncertainty: float | None = None
         self.backend: EmbeddedBackend | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._reported = {"duplicated": 0, "out_of_order": 0}
@@ -195,6 +200,8 @@ class RunContext:
         try:
             ws = WebSocketClient.connect(url, on_message=lambda data, binary: None, timeout=timeout,
                                          ping_interval=None)  # fmt: skip
+        except ConnectError as exc:
+            return exc.reason
         except TransportError as exc:
             return str(exc)
         ws.close(timeout=1.0)
@@ -205,7 +212,41 @@ class RunContext:
             return
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
+        if not self.is_master:
+            self.sync_clock()
         self._greenlets = [gevent.spawn(self._housekeeping)]
+
+    def sync_clock(self) -> None:
+        """Learn the backend's clock before the first message is stamped.
+
+        Done once, before users start: changing the offset while messages are in flight
+        would shift their measured latency by the change.
+        """
+        user_classes = self.environment.user_classes or []
+        driver = next((c.driver for c in user_classes if hasattr(c, "driver")), None)
+        if driver is None or not self.environment.host:
+            return
+        probe = Session(
+            self.environment.host,
+            driver(),
+            Accounting().receiver(),
+            reporter=self.report,
+            request_timeout=self.request_timeout,
+            ping_interval=None,
+        )
+        try:
+            probe.connect()
+            offset, uncertainty = probe.sync_clock()
+        except (TransportError, OperationFailed) as exc:
+            log.warning(
+                "Clock sync with %s failed (%s); assuming the clocks agree", self.environment.host, exc
+            )
+            return
+        finally:
+            probe.close()
+        self.accounting.clock_offset = offset
+        self.clock_uncertainty = uncertainty
+        log.info("Backend clock offset %+.3f ms (± %.3f ms)", offset * 1000, uncertainty * 1000)
 
     def _housekeeping(self) -> None:
         """Once a second: expire holes, feed Locust's table, watch the generator itself."""

@@ -62,6 +62,10 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
             "cpu_max_percent": round(context.cpu_max_percent, 1),
             "rss_max_mb": round(context.rss_max_bytes / 2**20, 1),
             "workers": 1,
+            "clock_offset_ms": round(accounting.clock_offset * 1000, 3),
+            "clock_uncertainty_ms": None
+            if context.clock_uncertainty is None
+            else round(context.clock_uncertainty * 1000, 3),
             "send_lag_ms": percentiles_ms(accounting.send_lag),
         },
     }

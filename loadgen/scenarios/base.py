@@ -20,13 +20,13 @@ import time
 from collections import deque
 
 import gevent
-from loadgen.transport import TransportError
 from locust import User, constant, task
 
 from loadgen.drivers.base import Delivery, Driver, Malformed, Receipt
 from loadgen.drivers.reference import ReferenceDriver
 from loadgen.run import RunContext
 from loadgen.session import OperationFailed, Session
+from loadgen.transport import TransportError
 
 log = logging.getLogger("loadgen.scenarios")
 

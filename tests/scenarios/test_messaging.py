@@ -146,8 +146,48 @@ def test_bad_profile_exits_2_naming_file_line_and_key(locust_run, write_profile)
     assert "Traceback" not in run.output
 
 
-def test_sigterm_mid_run_still_writes_results(tmp_path):
-    """SIGTERM during a run drains briefly, writes the summary marked interrupted, and exits."""
+def test_options_are_listed_by_loadgen_options():
+    """`loadgen options` lists every option the toolkit adds to locust, since Locust's --help cannot."""
+    done = subprocess.run(
+        [sys.executable, "-m", "loadgen.cli", "options"],
+        capture_output=True,
+        text=True,
+        timeout=60 * SCALE,
+    )
+    for option in ("--summary", "--results", "--delivery-timeout", "--drain", "--request-timeout"):
+        assert option in done.stdout
+
+
+def test_options_work_from_the_environment(locust_run, tmp_path, monkeypatch):
+    """A toolkit option set as LOCUST_<NAME> takes effect like its flag."""
+    monkeypatch.setenv("LOCUST_DELIVERY_TIMEOUT", "1.25")
+    run = locust_run("messaging.py", "-u", "5", "-r", "5", "-t", "2s", "--drain", "0.5")
+    assert run.returncode == 0, run
+    assert run.summary["messages"]["delivery_timeout_s"] == 1.25
+
+
+def test_options_work_from_a_config_file(tmp_path):
+    """Options set in a Locust config file take effect like command-line flags."""
+    config = tmp_path / "run.conf"
+    summary = tmp_path / "from-config.json"
+    config.write_text(
+        "headless = true\nusers = 10\nspawn-rate = 10\nrun-time = 2s\n"
+        f"summary = {summary}\ndelivery-timeout = 1.5\ndrain = 0.5\nresults = {tmp_path / 'r'}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / "messaging.py"), "--config", str(config)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90 * SCALE,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(summary.read_text())["messages"]["delivery_timeout_s"] == 1.5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_run_still_writes_results(tmp_path, sig):
+    """SIGTERM or Ctrl-C during a run drains briefly, writes the summary marked interrupted, and exits."""
     summary = tmp_path / "s.json"
     process = subprocess.Popen(
         [
@@ -179,7 +219,7 @@ def test_sigterm_mid_run_still_writes_results(tmp_path):
         if "All users spawned" in line:
             break
     time.sleep(2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     output, _ = process.communicate(timeout=60 * SCALE)
     assert summary.exists(), output
     data = json.loads(summary.read_text())
