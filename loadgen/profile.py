@@ -46,9 +46,7 @@ class MessagingProfile:
     post_rate: float = knob(1.0, "room messages per user per second (Poisson, open model)", 0)
     dm_rate: float = knob(0.1, "direct messages per user per second", 0)
     read_rate: float = knob(0.2, "read receipts per user per second, for the latest unread message", 0)
-    reconnect_rate: float = knob(
-        0.005, "per user per second: drop the connection, reconnect, sync history", 0
-    )
+    reconnect_rate: float = knob(0.005, "per user per second: drop the connection, reconnect, sync history", 0)
     body_bytes: int = knob(64, "size of a message body in bytes", 1, 65536)
 
 

@@ -84,11 +84,7 @@ def _log_batch(entry, latencies: Counter, now: float) -> None:
     the exact latencies are in the HDR histogram anyway, this only feeds Locust's table.
     """
     second = int(now)
-    if (
-        entry.use_response_times_cache
-        and entry.last_request_timestamp
-        and second > int(entry.last_request_timestamp)
-    ):
+    if entry.use_response_times_cache and entry.last_request_timestamp and second > int(entry.last_request_timestamp):
         entry._cache_response_times(second - 1)
     total = sum(latencies.values())
     entry.num_requests += total
@@ -238,9 +234,7 @@ class RunContext:
             probe.connect()
             offset, uncertainty = probe.sync_clock()
         except (TransportError, OperationFailed) as exc:
-            log.warning(
-                "Clock sync with %s failed (%s); assuming the clocks agree", self.environment.host, exc
-            )
+            log.warning("Clock sync with %s failed (%s); assuming the clocks agree", self.environment.host, exc)
             return
         finally:
             probe.close()
@@ -373,9 +367,7 @@ class RunContext:
         chosen = getattr(self.options, "results", None)
         if chosen:
             return Path(chosen)
-        stamp = datetime.fromtimestamp(self.started_wall or time.time(), timezone.utc).strftime(
-            "%Y%m%dT%H%M%SZ"
-        )
+        stamp = datetime.fromtimestamp(self.started_wall or time.time(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         return Path("results") / f"{stamp}-{self.scenario}"
 
     def _write_results(self, exit_code: int, unreachable: str | None = None) -> None:

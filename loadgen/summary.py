@@ -75,9 +75,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
 
 
 def _iso(timestamp: float) -> str:
-    return (
-        datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def write(data: dict, path: Path) -> None:
@@ -99,17 +97,14 @@ def format_table(data: dict) -> str:
     m = data["messages"]
     lat = m["delivery_latency_ms"]
     lines = [
-        f"End-to-end delivery ({data['scenario']}, {data['duration_s']:.0f} s,"
-        f" peak {data['users_peak']} users)",
+        f"End-to-end delivery ({data['scenario']}, {data['duration_s']:.0f} s, peak {data['users_peak']} users)",
         f"  sent {m['sent']}  delivered {m['delivered']}  lost {m['lost']}  duplicated {m['duplicated']}"
         f"  out of order {m['out_of_order']}  recovered {m['recovered']}",
         f"  latency ms  p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  p99 {lat['p99']:.3f}"
         f"  p99.9 {lat['p999']:.3f}  max {lat['max']:.3f}",
     ]
     lag = data["generator"]["send_lag_ms"]
-    lines.append(
-        f"  send lag behind schedule ms  p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}"
-    )
+    lines.append(f"  send lag behind schedule ms  p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
     if data["operations"]:
         lines.append(f"  {'operation':<18}{'count':>9}{'fail':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
         for name, op in data["operations"].items():

@@ -47,11 +47,7 @@ class Backend:
 
     def metric(self, name: str, **labels: str) -> float:
         """One sample from the backend's /metrics (0 when absent)."""
-        text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10)
-            .read()
-            .decode()
-        )
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
             match = re.match(r"^([a-zA-Z_:]+)(?:\{(.*)\})? (\S+)$", line)

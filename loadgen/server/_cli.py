@@ -87,8 +87,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     proto = parser.add_argument_group("protocol")
     proto.add_argument(
         "--secret",
-        help="require login tokens to be hex(HMAC-SHA256(SECRET, user)); "
-        "without it any non-empty token is accepted",
+        help="require login tokens to be hex(HMAC-SHA256(SECRET, user)); without it any non-empty token is accepted",
     )
     proto.add_argument(
         "--max-body",

@@ -59,11 +59,7 @@ class ServerConfig:
 
     def describe_faults(self) -> str:
         """One line naming the faults that are on, for the start-up log."""
-        parts = [
-            f"{name}={getattr(self, name):g}"
-            for name in ("drop", "duplicate", "reorder")
-            if getattr(self, name)
-        ]
+        parts = [f"{name}={getattr(self, name):g}" for name in ("drop", "duplicate", "reorder") if getattr(self, name)]
         if self.delay_ms or self.jitter_ms:
             parts.append(f"delay={self.delay_ms:g}±{self.jitter_ms:g}ms")
         if self.disconnect_rate:

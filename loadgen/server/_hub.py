@@ -210,9 +210,7 @@ class FaultInjector:
         outbox = conn.outbox
         if self._delayed:
             delay = (
-                self._delay_s + self._rng.uniform(-self._jitter_s, self._jitter_s)
-                if self._jitter_s
-                else self._delay_s
+                self._delay_s + self._rng.uniform(-self._jitter_s, self._jitter_s) if self._jitter_s else self._delay_s
             )
             outbox.put_at(self._loop.time() + max(0.0, delay), frame, copies)
         else:
@@ -238,9 +236,7 @@ def _field(req: dict[str, Any], name: str) -> Any:
 def _name(req: dict[str, Any], name: str) -> str:
     value = _field(req, name)
     if not isinstance(value, str) or not 1 <= len(value) <= NAME_MAX:
-        raise RequestError(
-            "bad_request", f"The field {name!r} must be a string of 1 to {NAME_MAX} characters."
-        )
+        raise RequestError("bad_request", f"The field {name!r} must be a string of 1 to {NAME_MAX} characters.")
     return value
 
 

@@ -75,9 +75,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         gauges = self._gauges
-        yield GaugeMetricFamily(
-            "refserver_connections", "Open WebSocket connections.", value=gauges.connections()
-        )
+        yield GaugeMetricFamily("refserver_connections", "Open WebSocket connections.", value=gauges.connections())
         yield GaugeMetricFamily(
             "refserver_logged_in_users", "Connections with a logged-in user.", value=gauges.logged_in_users()
         )
@@ -90,18 +88,14 @@ class ServerCollector(Collector):
         stats = self._stats
         yield _counter("refserver_requests", "Request frames received, by op.", "op", stats.requests)
         yield _counter("refserver_errors", "Error replies sent, by code.", "code", stats.errors)
-        yield _counter(
-            "refserver_messages", "Messages accepted and sequenced, by kind.", "kind", stats.messages
-        )
+        yield _counter("refserver_messages", "Messages accepted and sequenced, by kind.", "kind", stats.messages)
         yield _counter(
             "refserver_deliveries",
             "Pushes of messages to recipient connections before fault injection, by kind.",
             "kind",
             stats.deliveries,
         )
-        yield _counter(
-            "refserver_injected_faults", "Faults injected on purpose, by kind.", "kind", stats.faults
-        )
+        yield _counter("refserver_injected_faults", "Faults injected on purpose, by kind.", "kind", stats.faults)
 
 
 def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -32,9 +32,7 @@ class ReferenceServer:
     served over HTTP only when ``config.metrics_port`` is set.
     """
 
-    def __init__(
-        self, config: ServerConfig | None = None, *, registry: CollectorRegistry | None = None
-    ) -> None:
+    def __init__(self, config: ServerConfig | None = None, *, registry: CollectorRegistry | None = None) -> None:
         self.config = config if config is not None else ServerConfig()
         self.registry = registry if registry is not None else CollectorRegistry()
         self._stats = ServerStats()

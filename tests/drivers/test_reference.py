@@ -38,9 +38,7 @@ def test_ack_becomes_the_typed_result_of_its_request():
     d = ReferenceDriver()
     join = d.join("r1")
     dm = d.direct("u2", 1, 1.0, "x")
-    [reply] = decode(
-        d, {"ev": "ack", "re": dm.request_id, "to": "u2", "seq": 4, "server_ts": 2.0, "online": False}
-    )
+    [reply] = decode(d, {"ev": "ack", "re": dm.request_id, "to": "u2", "seq": 4, "server_ts": 2.0, "online": False})
     assert reply == Reply(dm.request_id, SendResult(INBOX, 4, 2.0, False))
     [reply] = decode(d, {"ev": "ack", "re": join.request_id, "room": "r1", "head": 9, "members": 3})
     assert reply.result == JoinResult("r1", 9, 3)
@@ -71,9 +69,7 @@ def test_history_and_logout_results():
 def test_pushes_decode_to_deliveries_and_receipts():
     """Room messages, direct messages and receipts become their events."""
     d = ReferenceDriver()
-    [m] = decode(
-        d, {"ev": "msg", "room": "r1", "seq": 5, "from": "u1", "cseq": 2, "ts": 1.0, "server_ts": 1.5}
-    )
+    [m] = decode(d, {"ev": "msg", "room": "r1", "seq": 5, "from": "u1", "cseq": 2, "ts": 1.0, "server_ts": 1.5})
     assert m == Delivery("r1", 5, "u1", 2, 1.0, 1.5, "", False)
     [r] = decode(d, {"ev": "receipt", "room": "r1", "seq": 5, "reader": "u3", "server_ts": 2.0})
     assert r == Receipt("r1", 5, "u3")

@@ -125,13 +125,9 @@ def test_exit_code_on_error_is_honoured(backend, locust_run, write_profile):
 
 def test_unreachable_backend_exits_3_with_one_clear_line(locust_run, tmp_path):
     """A host nobody listens on ends the run at once with exit code 3 and a summary saying why."""
-    run = locust_run(
-        "messaging.py", "-u", "10", "-r", "10", "-t", "5s", "--host", "ws://127.0.0.1:1", timeout=60
-    )
+    run = locust_run("messaging.py", "-u", "10", "-r", "10", "-t", "5s", "--host", "ws://127.0.0.1:1", timeout=60)
     assert run.returncode == 3, run
-    lines = [
-        line for line in run.output.splitlines() if "Could not reach the backend at ws://127.0.0.1:1" in line
-    ]
+    lines = [line for line in run.output.splitlines() if "Could not reach the backend at ws://127.0.0.1:1" in line]
     assert len(lines) == 1, run
     assert "Traceback" not in run.output
     assert run.summary["exit_code"] == 3 and "could not reach" in run.summary["error"]

@@ -25,9 +25,7 @@ def test_embedded_server_binds_a_free_port_and_counts_into_the_given_registry(tm
     """start() returns the bound address and writes the port file; faults reach .injected and the registry."""
     registry = CollectorRegistry()
     port_file = tmp_path / "port"
-    server = ReferenceServer(
-        ServerConfig(port=0, port_file=str(port_file), drop=1.0, seed=1), registry=registry
-    )
+    server = ReferenceServer(ServerConfig(port=0, port_file=str(port_file), drop=1.0, seed=1), registry=registry)
 
     async def scenario() -> None:
         host, port = await server.start()

@@ -22,9 +22,7 @@ def _room_with(connect_to, server, receivers: int):
 def _post_many(sender, count: int) -> None:
     """Pipelined sends, so a run of them takes milliseconds, then every ack."""
     for i in range(count):
-        sender.send(
-            {"op": "send", "id": 1000 + i, "room": "r", "cseq": i + 1, "ts": time.time(), "body": "x"}
-        )
+        sender.send({"op": "send", "id": 1000 + i, "room": "r", "cseq": i + 1, "ts": time.time(), "body": "x"})
     for i in range(count):
         assert sender.reply(1000 + i)["ev"] == "ack"
 
@@ -115,9 +113,7 @@ def test_delay_postpones_deliveries_keeps_their_order_and_is_not_counted(spawn, 
     sent_at = {}
     for i in range(40):
         sent_at[i + 1] = time.monotonic()
-        sender.send(
-            {"op": "send", "id": 1000 + i, "room": "r", "cseq": i + 1, "ts": time.time(), "body": "x"}
-        )
+        sender.send({"op": "send", "id": 1000 + i, "room": "r", "cseq": i + 1, "ts": time.time(), "body": "x"})
     arrived = []
     for _ in range(40):
         push = receiver.frame(timeout)

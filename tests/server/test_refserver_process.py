@@ -45,9 +45,7 @@ def test_start_line_names_the_urls_and_the_faults(spawn):
     """The start-up line gives the WebSocket and metrics URLs and which faults are on."""
     server = spawn("--drop", "0.25", "--delay-ms", "5", "--seed", "9")
     line = next(line for line in server.log().splitlines() if "listening on" in line)
-    assert (
-        f"reference backend listening on {server.url.rstrip('/')} (metrics on {server.metrics_url})" in line
-    )
+    assert f"reference backend listening on {server.url.rstrip('/')} (metrics on {server.metrics_url})" in line
     assert "drop=0.25" in line and "delay=5±0ms" in line and "seed=9" in line
 
 

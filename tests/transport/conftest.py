@@ -63,7 +63,8 @@ def tls_client_context(tls_ca: trustme.CA) -> ssl.SSLContext:
     # The stdlib class even when another test module has monkey-patched ssl: that is the
     # case where wrapping the socket the stdlib way would block the whole hub.
     context: ssl.SSLContext = get_original("ssl", "SSLContext")(ssl.PROTOCOL_TLS_CLIENT)
-    tls_ca.configure_trust(context)
+    # Not tls_ca.configure_trust(): it rejects a stdlib context once ssl is patched.
+    context.load_verify_locations(cadata=tls_ca.cert_pem.bytes().decode())
     return context
 
 

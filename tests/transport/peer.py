@@ -17,7 +17,9 @@ all of them are accepting:
 - ``wss``: the same over TLS, when --certfile and --keyfile are given.
 - ``raw``: a plain TCP server that speaks just enough HTTP to misbehave:
   ``/hang`` never answers the upgrade; ``/noping`` completes it, then reads and discards
-  everything (no pong, no close frame); ``/deaf`` completes it, then never reads again.
+  everything (no pong, no close frame); ``/deaf`` completes it, then never reads again;
+  ``/early`` sends a text message "hello" and a close frame 4002 "early" in the same
+  write as the 101 response, and closes TCP once the client answers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import asyncio
 import json
 import os
 import ssl
+import struct
 from http import HTTPStatus
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -96,12 +99,17 @@ async def handle_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         if path == "/hang":
             await reader.read()
             return
-        writer.write(
+        response = (
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: " + accept_key(headers["sec-websocket-key"]).encode() + b"\r\n\r\n"
         )
+        if path == "/early":
+            response += b"\x81\x05hello" + b"\x88\x07" + struct.pack("!H", 4002) + b"early"
+        writer.write(response)
         await writer.drain()
-        if path == "/noping":
+        if path == "/early":
+            await reader.read(65536)
+        elif path == "/noping":
             while await reader.read(65536):
                 pass
         elif path == "/deaf":

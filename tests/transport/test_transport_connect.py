@@ -99,4 +99,3 @@ def test_wss_untrusted_certificate_is_connect_error(peer):
 
     assert "TLS" in info.value.reason
     assert not isinstance(info.value, HandshakeError)
-

@@ -34,6 +34,19 @@ def test_close_with_code_and_reason(peer, connect, inbox):
     assert not inbox.closes[0].clean
 
 
+def test_invalid_close_arguments_leave_the_connection_open(peer, connect, inbox):
+    """close() with a code that may not be sent raises ValueError and the connection stays usable."""
+    client = connect(peer.url("/echo"))
+    with pytest.raises(ValueError):
+        client.close(1006)
+    with pytest.raises(ValueError):
+        client.close(1000, "x" * 200)
+    client.send_text("still open")
+
+    assert inbox.wait_messages(1) == [(b"still open", False)]
+    assert not client.closed
+
+
 @pytest.mark.parametrize(("code", "clean"), [(4001, False), (1001, True)])
 def test_server_close_code_and_reason_surface(peer, connect, inbox, code, clean):
     """A close started by the server reports its code and reason through on_close."""
@@ -44,6 +57,15 @@ def test_server_close_code_and_reason_surface(peer, connect, inbox, code, clean)
     assert (client.close_code, client.close_reason) == (code, f"closing with {code}")
     with pytest.raises(ConnectionClosed):
         client.send_text("after close")
+
+
+def test_frames_arriving_with_the_handshake_response_are_handled(peer, connect, inbox):
+    """A message and a close frame sent together with the 101 response are both processed."""
+    connect(peer.raw_url("/early"), ping_interval=None)
+
+    closed = inbox.wait_closed()
+    assert (closed.code, closed.reason) == (4002, "early")
+    assert inbox.messages == [(b"hello", False)]
 
 
 def test_close_from_on_message_completes(peer, connect, inbox):
@@ -106,13 +128,13 @@ def test_server_vanishing_mid_send_surfaces_as_connection_closed(peer, connect, 
 
     assert raised is not None and raised.code == 1006
     inbox.wait_closed()
-    gevent.sleep(0.05)
+    gevent.sleep(0.05)  # room for a second on_close, which must not come
     assert len(inbox.closes) == 1 and inbox.closes[0].code == 1006
 
 
-def test_answered_pings_keep_the_connection(peer, connect, inbox):
+def test_answered_pings_keep_the_connection(peer, connect, inbox, scaled):
     """With keepalive pings answered, the connection stays open across many ping intervals."""
-    client = connect(peer.url("/echo"), ping_interval=0.05, ping_timeout=0.5)
+    client = connect(peer.url("/echo"), ping_interval=0.05, ping_timeout=scaled(1))
     gevent.sleep(1.0)
     client.send_text("still here")
 
@@ -131,7 +153,7 @@ def test_missing_pong_fails_with_1011(peer, connect, inbox):
         client.send_text("after keepalive timeout")
 
 
-def test_keepalive_unblocks_a_send_stuck_on_a_deaf_peer(peer, connect, inbox):
+def test_keepalive_unblocks_a_send_stuck_on_a_deaf_peer(peer, connect, inbox, scaled):
     """A send blocked on a peer that stopped reading ends with ConnectionClosed once keepalive gives up."""
     client = connect(peer.raw_url("/deaf"), ping_interval=0.1, ping_timeout=0.2)
     chunk = b"z" * (1024 * 1024)
@@ -142,7 +164,7 @@ def test_keepalive_unblocks_a_send_stuck_on_a_deaf_peer(peer, connect, inbox):
             client.send_binary(chunk)
 
     sender = gevent.spawn(flood)
-    sender.join(timeout=30)
+    sender.join(timeout=scaled(10))
 
     assert sender.dead and isinstance(sender.exception, ConnectionClosed)
     assert inbox.wait_closed().code == 1011

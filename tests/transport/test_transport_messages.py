@@ -63,9 +63,7 @@ def test_concurrent_senders_never_interleave(peer, connect, inbox):
     gevent.joinall(greenlets, raise_error=True)
 
     messages = inbox.wait_messages(senders * per_sender, seconds=30)
-    expected = {
-        (payload(sender, seq), bool(sender % 2)) for sender in range(senders) for seq in range(per_sender)
-    }
+    expected = {(payload(sender, seq), bool(sender % 2)) for sender in range(senders) for seq in range(per_sender)}
     assert len(messages) == senders * per_sender
     assert set(messages) == expected
     assert not client.closed
