@@ -130,11 +130,19 @@ class RunContext:
         drain = getattr(options, "drain", None)
         self.drain_seconds = delivery_timeout if drain is None else drain
         self.request_timeout = getattr(options, "request_timeout", 10.0)
-        self.accounting = Accounting(delivery_timeout)
+        self.delivery_timeout = delivery_timeout
+        self.backend: EmbeddedBackend | None = None
         self.sessions: set = set()
         self.user_ids: list[str] = []
+        self._begin_test()
+        environment.loadgen = self
+
+    def _begin_test(self) -> None:
+        """Fresh figures for a test: the web UI can stop a test and start another in one process."""
+        self.accounting = Accounting(self.delivery_timeout)
         self.draining = False
         self.drained = False
+        self.finished = False
         self.interrupted = False
         self.started_wall: float | None = None
         self.started_mono: float | None = None
@@ -142,15 +150,13 @@ class RunContext:
         self.users_peak = 0
         self.cpu_max_percent = 0.0
         self.rss_max_bytes = 0
-        self.connections = Counter()
+        self.connections: Counter[str] = Counter()
         self.connect_errors: Counter[str] = Counter()
         self.receipts = 0
         self.malformed = 0
         self.clock_uncertainty: float | None = None
-        self.backend: EmbeddedBackend | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._reported = {"duplicated": 0, "out_of_order": 0}
-        environment.loadgen = self
 
     @classmethod
     def of(cls, environment: Environment) -> RunContext:
@@ -205,7 +211,7 @@ class RunContext:
 
     def _on_test_start(self, **_kwargs) -> None:
         if self.started_mono is not None:
-            return
+            self._begin_test()
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
         if not self.is_master:
@@ -325,21 +331,32 @@ class RunContext:
         log.info("Drain done in %.1f s", time.monotonic() - started)
 
     def _on_test_stop(self, **_kwargs) -> None:
+        self.finish()
+
+    def finish(self) -> None:
+        """The test is over: final counts, verdict, results folder. Once per test."""
+        if self.finished or self.started_mono is None:
+            return
+        self.finished = True
         self.stopped_mono = time.monotonic()
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
+        if self.is_worker:
+            return
+        code = self._exit_code()
+        self._write_results(code if code is not None else self._locust_exit_code())
 
     def _on_quitting(self, environment: Environment, **_kwargs) -> None:
         if self.is_worker:
             return
-        if self.started_mono is not None and not self.drained:
+        if self.started_mono is not None and not self.finished:
             # Ctrl-C or SIGTERM mid-run: results are still written, from a short drain
             self.interrupted = True
             self.drain(min(self.drain_seconds, 2.0))
+            self.finish()
         code = self._exit_code()
         if code is not None:
             environment.process_exit_code = code
-        self._write_results(code if code is not None else self._locust_exit_code())
 
     def _on_quit(self, **_kwargs) -> None:
         if self.backend is not None:
@@ -349,8 +366,6 @@ class RunContext:
     def _exit_code(self) -> int | None:
         """Our verdict where Locust's own convention does not decide."""
         if self.connections["opened"] == 0 and self.connect_errors:
-            reason = self.connect_errors.most_common(1)[0][0]
-            log.error("Could not reach the backend at %s: %s", self.environment.host, reason)
             return EXIT_UNREACHABLE
         return None
 
@@ -381,7 +396,10 @@ class RunContext:
                 summary_module.write(data, target)
             except OSError as exc:
                 log.error("Could not write the summary to %s: %s", target, exc.strerror)
-        if unreachable is None:
+        if unreachable is None and exit_code == EXIT_UNREACHABLE:
+            reason = self.connect_errors.most_common(1)[0][0]
+            log.error("Could not reach the backend at %s: %s", self.environment.host, reason)
+        elif unreachable is None:
             for line in summary_module.format_table(data).splitlines():
                 log.info("%s", line)
         log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
@@ -394,7 +412,8 @@ class AnomalyError(Exception):
 def _quiet_logout(session) -> None:
     try:
         session.logout()
-    except Exception as exc:  # noqa: BLE001 - a session that cannot log out keeps what it saw
+    except (OperationFailed, TransportError) as exc:
+        # a session that cannot log out keeps the windows it saw
         log.debug("logout during drain failed: %s", exc)
 
 

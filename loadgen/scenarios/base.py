@@ -195,37 +195,45 @@ class RealtimeUser(User):
         self.run_context.fire("WS", "frame.malformed", None, ValueError(event.reason))
 
 
-class PostToRoom(Activity):
+class Post(Activity):
+    """Post a message when due, stamped with the time it was due, not the time it left."""
+
     def __init__(self, rate: float, body_bytes: int) -> None:
         super().__init__(rate)
         self.body = "x" * body_bytes
 
+    def target(self, user: RealtimeUser) -> str | None:
+        raise NotImplementedError
+
+    def post(self, session: Session, target: str, body: str, sent_at: float) -> None:
+        raise NotImplementedError
+
     def __call__(self, user: RealtimeUser, intended: float) -> None:
-        if not user.rooms:
+        target = self.target(user)
+        if target is None:
             return
-        room = user.rng.choice(user.rooms)
         accounting = user.run_context.accounting
         lag = time.time() - intended
-        user.session.send(room, self.body, intended + accounting.clock_offset)
+        self.post(user.session, target, self.body, intended + accounting.clock_offset)
         accounting.record_sent(lag)
 
 
-class SendDirect(Activity):
-    def __init__(self, rate: float, body_bytes: int) -> None:
-        super().__init__(rate)
-        self.body = "x" * body_bytes
+class PostToRoom(Post):
+    def target(self, user: RealtimeUser) -> str | None:
+        return user.rng.choice(user.rooms) if user.rooms else None
 
-    def __call__(self, user: RealtimeUser, intended: float) -> None:
+    def post(self, session: Session, target: str, body: str, sent_at: float) -> None:
+        session.send(target, body, sent_at)
+
+
+class SendDirect(Post):
+    def target(self, user: RealtimeUser) -> str | None:
         others = user.run_context.user_ids
-        if len(others) < 2:
-            return
         to = others[user.rng.randrange(len(others))]
-        if to == user.user_id:
-            return
-        accounting = user.run_context.accounting
-        lag = time.time() - intended
-        user.session.direct(to, self.body, intended + accounting.clock_offset)
-        accounting.record_sent(lag)
+        return None if to == user.user_id else to
+
+    def post(self, session: Session, target: str, body: str, sent_at: float) -> None:
+        session.direct(target, body, sent_at)
 
 
 class MarkRead(Activity):
