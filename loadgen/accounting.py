@@ -122,9 +122,9 @@ class Accounting:
         self.latency = new_histogram()
         self.send_lag = new_histogram()
         self.operations: dict[str, OperationStats] = {}
-        # latencies not yet handed to Locust's table, in milliseconds to 0.1 ms: fine enough
-        # for its averages and minimums, coarse enough to keep the batch small
-        self.unreported_latency_ms: Counter[float] = Counter()
+        # latencies not yet handed to Locust's table, by name, in milliseconds to 0.1 ms: fine
+        # enough for its averages and minimums, coarse enough to keep the batch small
+        self.unreported: dict[str, Counter[float]] = {}
         self._tracks_with_holes: set[_Track] = set()
 
     def now(self) -> float:
@@ -147,6 +147,24 @@ class Accounting:
             stats.failures += 1
         else:
             record_seconds(stats.histogram, seconds)
+
+    def record_fanout(self, name: str, seconds: float) -> None:
+        """A broadcast seen by one receiver ``seconds`` after the action behind it (``seat.fanout`` …)."""
+        stats = self.operation(name)
+        stats.count += 1
+        record_seconds(stats.histogram, seconds)
+        self._unreported(name)[round(max(seconds, 0.0) * 1000, 1)] += 1
+
+    def _unreported(self, name: str) -> Counter[float]:
+        batch = self.unreported.get(name)
+        if batch is None:
+            batch = self.unreported[name] = Counter()
+        return batch
+
+    def take_unreported(self) -> dict[str, Counter[float]]:
+        """Latencies recorded since the last call, by name, for Locust's table."""
+        batches, self.unreported = self.unreported, {}
+        return batches
 
     def record_refusal(self, name: str, reason: str) -> None:
         """An expected refusal (a seat lost in a race, a busy callee): an outcome, not a failure."""
@@ -281,7 +299,7 @@ class Receiver:
             counts.out_of_order += 1
         latency = accounting.now() - delivery.sent_at
         record_seconds(accounting.latency, latency)
-        accounting.unreported_latency_ms[round(max(latency, 0.0) * 1000, 1)] += 1
+        accounting._unreported("msg.deliver")[round(max(latency, 0.0) * 1000, 1)] += 1
         return outcome
 
     def lowest_gap(self, stream: str) -> int | None:

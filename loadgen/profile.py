@@ -50,14 +50,96 @@ class MessagingProfile:
     body_bytes: int = knob(64, "size of a message body in bytes", 1, 65536)
 
 
+@dataclass(frozen=True)
+class Storm:
+    """A burst on top of the steady load, in the hot rooms only."""
+
+    kind: str = knob("gift", "gift (a gift and danmaku storm) or seat_churn (every seat changes hands)")
+    at: float = knob(10.0, "seconds after the test starts", 0)
+    duration: float = knob(5.0, "how long it lasts, in seconds", 0.1)
+    multiplier: float = knob(20.0, "how many times the steady rate the storm runs at", 1)
+
+
+STORM_KINDS = ("gift", "seat_churn")
+
+
+@dataclass(frozen=True)
+class VoiceRoomProfile:
+    """Voice rooms with mic seats: hosts, seat hoppers, gifters, danmaku chatters, listeners."""
+
+    rooms: int = knob(20, "voice rooms; the first this many users are their hosts", 1)
+    zipf_s: float = knob(1.1, "skew of room popularity (Zipf exponent): 0 is uniform, higher is hotter", 0, 5)
+    hot_rooms: int = knob(2, "the most popular rooms, where storms happen", 1)
+    seats: int = knob(8, "mic seats per room", 1, 16)
+    hopper_share: float = knob(0.25, "share of non-host users who contend for seats", 0, 1)
+    gifter_share: float = knob(0.15, "share of non-host users who send gifts", 0, 1)
+    chatter_share: float = knob(0.15, "share of non-host users who send danmaku (the rest only listen)", 0, 1)
+    seat_rate: float = knob(0.3, "seat attempts per hopper per second while unseated", 0)
+    hold_mean: float = knob(6.0, "mean seconds a hopper holds a seat (exponential)", 0.1)
+    gift_rate: float = knob(0.5, "gifts per gifter per second", 0)
+    gift_value: int = knob(10, "value of one gift", 0)
+    combo_max: int = knob(5, "largest combo count of a gift (uniform from 1)", 1)
+    danmaku_rate: float = knob(0.5, "danmaku per chatter per second", 0)
+    host_rate: float = knob(0.2, "host actions per second: lock/unlock, kick, invite to a seat", 0)
+    settings_rate: float = knob(0.02, "voice-effect or background-music changes per seated user per second", 0)
+    session_mean: float = knob(120.0, "mean seconds a non-host stays in a room before moving to another", 1)
+    storms: tuple[Storm, ...] = ()
+
+
+@dataclass(frozen=True)
+class LiveStreamProfile:
+    """Live streams: hosts with co-hosts (连麦) and PK, viewers who gift, chat and apply to go on stage."""
+
+    rooms: int = knob(10, "live rooms; the first this many users host them", 2)
+    zipf_s: float = knob(1.1, "skew of room popularity (Zipf exponent)", 0, 5)
+    hot_rooms: int = knob(2, "the most popular rooms, where storms happen", 1)
+    stage: int = knob(3, "co-host places on a host's stage", 1, 16)
+    applicant_share: float = knob(0.2, "share of viewers who apply to co-host", 0, 1)
+    gifter_share: float = knob(0.3, "share of viewers who send gifts", 0, 1)
+    chatter_share: float = knob(0.2, "share of viewers who send danmaku", 0, 1)
+    cohost_rate: float = knob(0.1, "co-host requests per applicant per second while off stage", 0)
+    cohost_hold_mean: float = knob(8.0, "mean seconds a co-host stays on stage", 0.1)
+    accept_probability: float = knob(0.8, "chance a host accepts a co-host request", 0, 1)
+    pk_rate: float = knob(0.05, "PK invitations per host per second", 0)
+    pk_duration: int = knob(10, "PK length in seconds", 1, 600)
+    pk_accept_probability: float = knob(0.9, "chance a host accepts a PK invitation", 0, 1)
+    gift_rate: float = knob(0.5, "gifts per gifter per second", 0)
+    gift_value: int = knob(10, "value of one gift", 0)
+    combo_max: int = knob(5, "largest combo count of a gift", 1)
+    danmaku_rate: float = knob(0.5, "danmaku per chatter per second", 0)
+    call_host_rate: float = knob(0.002, "per viewer per second: switch to a 1v1 call with the host", 0)
+    talk_mean: float = knob(5.0, "mean seconds of a call switched from a stream", 0.1)
+    session_mean: float = knob(120.0, "mean seconds a viewer stays before moving to another room", 1)
+    storms: tuple[Storm, ...] = ()
+
+
+@dataclass(frozen=True)
+class CallProfile:
+    """1v1 calls: callers ring callees, who answer, talk and hang up."""
+
+    callee_share: float = knob(0.5, "share of users who wait for calls (the rest place them)", 0.01, 0.99)
+    call_rate: float = knob(0.1, "calls placed per caller per second while not in a call", 0)
+    answer_probability: float = knob(0.9, "chance a callee answers (else it declines)", 0, 1)
+    answer_delay: float = knob(0.0, "seconds a callee lets it ring before answering", 0, 60)
+    talk_mean: float = knob(10.0, "mean seconds of a call (exponential)", 0.1)
+
+
 #: scenario name -> its section's dataclass
-SECTIONS: dict[str, type] = {"messaging": MessagingProfile}
+SECTIONS: dict[str, type] = {
+    "messaging": MessagingProfile,
+    "voiceroom": VoiceRoomProfile,
+    "livestream": LiveStreamProfile,
+    "call1v1": CallProfile,
+}
 
 
 @dataclass(frozen=True)
 class Profile:
     path: str | None = None
     messaging: MessagingProfile = field(default_factory=MessagingProfile)
+    voiceroom: VoiceRoomProfile = field(default_factory=VoiceRoomProfile)
+    livestream: LiveStreamProfile = field(default_factory=LiveStreamProfile)
+    call1v1: CallProfile = field(default_factory=CallProfile)
 
 
 def _line(node: yaml.Node | None) -> int | None:
@@ -97,8 +179,35 @@ def _section(cls: type, node: yaml.Node, path: str, name: str):
         if spec is None:
             known = ", ".join(specs)
             raise ProfileError(path, _line(key_node), f"{name}.{key}", f"unknown key (known: {known})")
-        values[key] = _convert(value_node, hints[key], spec, path, f"{name}.{key}")
-    return cls(**values)
+        if typing.get_origin(hints[key]) is tuple:
+            values[key] = _sequence(typing.get_args(hints[key])[0], value_node, path, f"{name}.{key}")
+        else:
+            values[key] = _convert(value_node, hints[key], spec, path, f"{name}.{key}")
+    section = cls(**values)
+    _check(section, entries, path, name)
+    return section
+
+
+def _sequence(item: type, node: yaml.Node, path: str, key: str) -> tuple:
+    if not isinstance(node, yaml.SequenceNode):
+        raise ProfileError(path, _line(node), key, "must be a list")
+    return tuple(_section(item, entry, path, f"{key}[{n}]") for n, entry in enumerate(node.value))
+
+
+def _check(section, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: str, name: str) -> None:
+    """Rules that tie knobs together, each reported at the line of the knob it names."""
+
+    def fail(key: str, problem: str) -> None:
+        node = entries.get(key, (None, None))[1]
+        raise ProfileError(path, _line(node), f"{name}.{key}" if name else key, problem)
+
+    if isinstance(section, Storm) and section.kind not in STORM_KINDS:
+        fail("kind", f"must be one of {', '.join(STORM_KINDS)}, got {section.kind!r}")
+    shares = [f.name for f in dataclasses.fields(section) if f.name.endswith("_share")]
+    if len(shares) > 1 and sum(getattr(section, s) for s in shares) > 1 + 1e-9:
+        fail(shares[-1], f"the shares {', '.join(shares)} add up to more than 1")
+    if hasattr(section, "hot_rooms") and section.hot_rooms > section.rooms:
+        fail("hot_rooms", f"must not exceed rooms ({section.rooms})")
 
 
 def load_profile(path: str | Path | None) -> Profile:
@@ -126,3 +235,21 @@ def load_profile(path: str | Path | None) -> Profile:
             raise ProfileError(path, _line(key_node), name, f"unknown section (known: {', '.join(SECTIONS)})")
         values[name] = _section(cls, value_node, path, name)
     return Profile(path=path, **values)
+
+
+def reference() -> str:
+    """The key tables of docs/profile.md, written from the dataclasses so docs match the code."""
+    out = []
+    for name, cls in [*SECTIONS.items(), ("storms[]", Storm)]:
+        out += [f"## `{name}`", "", (cls.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
+        for spec in dataclasses.fields(cls):
+            if spec.name == "storms":
+                out.append("| `storms` | none | a list of storms, each with the keys under `storms[]` |")
+                continue
+            bounds = [f"at least {spec.metadata['min']:g}" if spec.metadata.get("min") is not None else "",
+                      f"at most {spec.metadata['max']:g}" if spec.metadata.get("max") is not None else ""]  # fmt: skip
+            bounded = "; ".join(b for b in bounds if b)
+            meaning = spec.metadata["help"] + (f" ({bounded})" if bounded else "")
+            out.append(f"| `{spec.name}` | {spec.default!r} | {meaning} |".replace("'", ""))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -28,7 +28,7 @@ from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
 from loadgen.embedded import BackendStartError, EmbeddedBackend
 from loadgen.profile import ProfileError, load_profile
-from loadgen.session import OperationFailed, Session
+from loadgen.session import OperationFailed, Refused, Session
 from loadgen.transport import ConnectError, TransportError, WebSocketClient
 
 log = logging.getLogger("loadgen")
@@ -36,6 +36,7 @@ log = logging.getLogger("loadgen")
 #: Locust's "Type" column for client operations and for end-to-end delivery outcomes
 OPERATION = "WS"
 DELIVERY = "E2E"
+INVARIANT = "INV"
 
 EXIT_UNREACHABLE = 3
 EXIT_USAGE = 2
@@ -134,6 +135,7 @@ class RunContext:
         self.backend: EmbeddedBackend | None = None
         self.sessions: set = set()
         self.user_ids: list[str] = []
+        self._shared: dict[str, object] = {}
         self._begin_test()
         environment.loadgen = self
 
@@ -157,6 +159,9 @@ class RunContext:
         self.clock_uncertainty: float | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._reported = {"duplicated": 0, "out_of_order": 0}
+        self.violations: Counter[str] = Counter()
+        self._violations_seen: set[tuple] = set()
+        self._calls: dict[str, dict] = {}
 
     @classmethod
     def of(cls, environment: Environment) -> RunContext:
@@ -255,18 +260,19 @@ class RunContext:
             gevent.sleep(1.0)
             self.accounting.expire()
             self.flush_to_locust()
+            stale = time.monotonic() - 120
+            for call in [c for c, entry in self._calls.items() if entry["opened"] < stale]:
+                del self._calls[call]
             if runner is not None:
                 self.users_peak = max(self.users_peak, runner.user_count)
                 self.cpu_max_percent = max(self.cpu_max_percent, runner.current_cpu_usage)
                 self.rss_max_bytes = max(self.rss_max_bytes, runner.current_memory_usage)
 
     def flush_to_locust(self) -> None:
-        latencies = self.accounting.unreported_latency_ms
-        if latencies:
-            self.accounting.unreported_latency_ms = Counter()
-            stats = self.environment.stats
-            now = time.time()
-            _log_batch(stats.get("msg.deliver", DELIVERY), latencies, now)
+        stats = self.environment.stats
+        now = time.time()
+        for name, latencies in self.accounting.take_unreported().items():
+            _log_batch(stats.get(name, DELIVERY), latencies, now)
             _log_batch(stats.total, latencies, now)
         counts = self.accounting.counts
         for kind, name in (("duplicated", "msg.duplicated"), ("out_of_order", "msg.out_of_order")):
@@ -287,6 +293,11 @@ class RunContext:
 
     def report(self, name: str, seconds: float, error: BaseException | None) -> None:
         """The sessions' reporter: Locust's table and the run's own histograms."""
+        if isinstance(error, Refused):
+            # an outcome of a busy system, timed like a success and counted by reason
+            self.accounting.record_refusal(name, error.code)
+            self.fire(OPERATION, f"{name} refused: {error.code}", seconds, None)
+            return
         self.accounting.record_operation(name, seconds, failed=error is not None)
         if name == "ws.connect":
             if error is None:
@@ -294,6 +305,68 @@ class RunContext:
             else:
                 self.connect_errors[str(error)] += 1
         self.fire(OPERATION, name, seconds, error)
+
+    def violation(self, kind: str, key: tuple, evidence: str) -> None:
+        """A broken backend invariant seen by a client; counted and logged once per occurrence.
+
+        Several clients usually see the same breach (every member sees a bad snapshot);
+        ``key`` names the occurrence so it counts once.
+        """
+        if key in self._violations_seen:
+            return
+        self._violations_seen.add(key)
+        self.violations[kind] += 1
+        log.warning("Invariant broken: %s: %s", kind, evidence)
+        self.fire(INVARIANT, f"invariant.{kind}", None, InvariantViolation(evidence))
+
+    def shared(self, key: str, factory):
+        """One object per run for ``key`` (a population table, a list of callees), made on first use."""
+        value = self._shared.get(key)
+        if value is None:
+            value = self._shared[key] = factory()
+        return value
+
+    def members(self, room: str) -> set[str]:
+        """This process's users now in ``room``."""
+        return self.shared(f"members/{room}", set)
+
+    @property
+    def storms(self) -> tuple:
+        section = getattr(self.profile, self.scenario, None)
+        return getattr(section, "storms", ())
+
+    def storms_active(self) -> tuple[int, ...]:
+        """Which of the profile's storms are raging now (by position in the profile)."""
+        if self.started_mono is None or not self.storms:
+            return ()
+        elapsed = time.monotonic() - self.started_mono
+        return tuple(n for n, storm in enumerate(self.storms) if storm.at <= elapsed < storm.at + storm.duration)
+
+    def storm_multiplier(self, kind: str) -> float:
+        storms = self.storms
+        return max((storms[n].multiplier for n in self.storms_active() if storms[n].kind == kind), default=1.0)
+
+    def call_observed(self, update, side: str) -> None:
+        """Both parties' view of a call; connected on one side only is a broken invariant.
+
+        A verdict needs both parties in this process and both to see the call end: a party
+        that lost its connection never sees the end and so never accuses the backend.
+        """
+        entry = self._calls.setdefault(update.call, {"opened": time.monotonic()})
+        if update.state == "connected":
+            entry[f"{side}_connected"] = True
+        elif update.state in ("rejected", "timeout", "ended"):
+            entry[f"{side}_done"] = True
+        if entry.get("caller_done") and entry.get("callee_done"):
+            del self._calls[update.call]
+            caller, callee = entry.get("caller_connected", False), entry.get("callee_connected", False)
+            if caller != callee:
+                only = "caller" if caller else "callee"
+                self.violation(
+                    "call_one_sided",
+                    ("call_one_sided", update.call),
+                    f"call {update.call} ({update.caller} → {update.callee}) was connected for the {only} only",
+                )
 
     def new_user_id(self) -> str:
         user_id = f"u{len(self.user_ids)}"
@@ -403,6 +476,10 @@ class RunContext:
             for line in summary_module.format_table(data).splitlines():
                 log.info("%s", line)
         log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
+
+
+class InvariantViolation(Exception):
+    """A backend invariant broken, with the evidence clients saw."""
 
 
 class AnomalyError(Exception):

@@ -23,6 +23,7 @@ from loadgen.drivers.base import (
     INBOX,
     ClockResult,
     Delivery,
+    Done,
     Driver,
     Failure,
     HistoryResult,
@@ -55,6 +56,35 @@ class OperationFailed(Exception):
         self.message = message
 
 
+class Refused(OperationFailed):
+    """An expected refusal (a seat lost in a race, a busy callee): an outcome, not a failure."""
+
+
+#: refusal codes that a busy, healthy backend gives, by operation
+EXPECTED_REFUSALS: dict[str, frozenset[str]] = {
+    op: frozenset(codes)
+    for op, codes in {
+        "seat.take": ("seat_taken", "seat_locked", "no_free_seat", "already_seated"),
+        "seat.accept": ("no_invite", "seat_taken", "seat_locked", "already_seated"),
+        "seat.leave": ("not_seated",),
+        "seat.mute": ("not_seated",),
+        "seat.kick": ("not_seated",),
+        "seat.invite": ("seat_taken", "seat_locked", "not_member"),
+        "cohost.request": ("not_live", "already_seated"),
+        "cohost.approve": ("no_request", "stage_full", "already_seated"),
+        "cohost.reject": ("no_request",),
+        "cohost.leave": ("not_seated",),
+        "pk.invite": ("not_live", "no_host", "pk_busy"),
+        "pk.accept": ("no_invite",),
+        "pk.reject": ("no_invite",),
+        "call.invite": ("busy", "offline"),
+        "call.accept": ("no_call",),
+        "call.reject": ("no_call",),
+        "call.hangup": ("no_call",),
+    }.items()
+}
+
+
 class OperationTimeout(OperationFailed):
     def __init__(self, operation: str, seconds: float) -> None:
         super().__init__(operation, "timeout", f"no reply within {seconds:g} s")
@@ -79,6 +109,7 @@ class Session:
         on_receipt: Callable[[Receipt], None] | None = None,
         on_malformed: Callable[[Malformed], None] | None = None,
         on_dropped: Callable[[], None] | None = None,
+        on_event: Callable[[object], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.url = url
@@ -95,6 +126,7 @@ class Session:
         self.on_receipt = on_receipt
         self.on_malformed = on_malformed
         self.on_dropped = on_dropped
+        self.on_event = on_event
         self.log = logger or log
         self.user: str | None = None
         self.rooms: set[str] = set()
@@ -150,6 +182,21 @@ class Session:
         result = self._call("room.join", self.driver.join(room))
         self.rooms.add(room)
         return result
+
+    def join_room(self, room: str, *, seats: int | None = None, as_host: bool = False) -> JoinResult:
+        """Join a room with seats; the reply carries its seat snapshot, host and stream state."""
+        result = self._call("room.join", self.driver.join_room(room, seats=seats, as_host=as_host))
+        self.rooms.add(room)
+        return result
+
+    def room_op(
+        self, op: str, room: str, sent_at: float, *, report: bool = True, name: str | None = None, **fields: object
+    ):
+        """A room operation (``seat.take``, ``gift``, ``pk.invite`` …) reported under ``name`` or its own."""
+        return self._call(name or op, self.driver.room_op(op, room, sent_at, **fields), report=report)
+
+    def call_op(self, op: str, sent_at: float, **fields: object) -> Done:
+        return self._call(op, self.driver.call_op(op, sent_at, **fields))
 
     def leave(self, room: str) -> LeaveResult:
         self.rooms.discard(room)
@@ -208,7 +255,8 @@ class Session:
                 since = page.deliveries[-1].seq
         return recovered
 
-    def _call(self, name: str, outgoing: Outgoing):
+    def _call(self, name: str, outgoing: Outgoing, report: bool = True):
+        """Send, wait for the reply, report it; expected refusals raise Refused."""
         ws = self._ws
         waiter = AsyncResult()
         self._waiting[outgoing.request_id] = waiter
@@ -226,7 +274,8 @@ class Session:
             self.report(name, time.perf_counter() - started, error)
             raise error from exc
         except OperationFailed as exc:
-            error = OperationFailed(name, exc.code, exc.message)
+            expected = exc.code in EXPECTED_REFUSALS.get(name, ())
+            error = (Refused if expected else OperationFailed)(name, exc.code, exc.message)
             self.report(name, time.perf_counter() - started, error)
             raise error from None
         except TransportError as exc:
@@ -234,7 +283,8 @@ class Session:
             raise
         finally:
             self._waiting.pop(outgoing.request_id, None)
-        self.report(name, time.perf_counter() - started, None)
+        if report:
+            self.report(name, time.perf_counter() - started, None)
         return result
 
     # -- reader greenlet --------------------------------------------------------------
@@ -260,8 +310,11 @@ class Session:
             elif isinstance(event, Receipt):
                 if self.on_receipt is not None:
                     self.on_receipt(event)
-            elif self.on_malformed is not None:
-                self.on_malformed(event)
+            elif isinstance(event, Malformed):
+                if self.on_malformed is not None:
+                    self.on_malformed(event)
+            elif self.on_event is not None:
+                self.on_event(event)
 
     def _apply(self, result: object) -> None:
         """Open and close accounting windows the moment the backend's reply is read."""
@@ -271,6 +324,8 @@ class Session:
                 receiver.own(result.stream, result.seq)
         elif isinstance(result, JoinResult):
             receiver.open_window(result.room, result.head)
+            if result.seats is not None and self.on_event is not None:
+                self.on_event(result)
         elif isinstance(result, LeaveResult):
             receiver.close_window(result.room, result.head)
         elif isinstance(result, LoginResult):

@@ -56,7 +56,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
         },
         "receipts": context.receipts,
         "malformed_frames": context.malformed,
-        "invariants": {"violations": 0, "by_kind": {}},
+        "invariants": {"violations": sum(context.violations.values()), "by_kind": dict(context.violations)},
         "slo": {"file": None, "passed": None, "checks": []},
         "generator": {
             "cpu_max_percent": round(context.cpu_max_percent, 1),

@@ -170,7 +170,8 @@ def test_latency_is_receive_time_minus_intended_send_time(accounting, clock):
     r.deliver(msg(1, sent_at=1000.0 - 0.0421))
     p = percentiles_ms(accounting.latency)
     assert p["p50"] == pytest.approx(42.1, abs=0.05)
-    assert accounting.unreported_latency_ms == {42.1: 1}
+    assert accounting.take_unreported() == {"msg.deliver": {42.1: 1}}
+    assert accounting.take_unreported() == {}
 
 
 def test_operation_percentiles_and_failures(accounting):

@@ -40,10 +40,42 @@ class LoginResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Seat:
+    n: int
+    user: str | None
+    muted: bool = False
+    locked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SeatChange:
+    """What made a snapshot: ``kind`` is take, leave, lock, unlock, mute, unmute, kick, accept or cohost."""
+
+    kind: str
+    seat: int
+    user: str | None
+    by: str | None
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SeatSnapshot:
+    """The full seat state of a room at ``version``; ``change`` is None in a join reply."""
+
+    room: str
+    version: int
+    seats: tuple[Seat, ...]
+    change: SeatChange | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class JoinResult:
     room: str
     head: int
     members: int
+    host: str | None = None
+    seats: SeatSnapshot | None = None
+    live: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +115,22 @@ class ClockResult:
 class LogoutResult:
     heads: Mapping[str, int]
     inbox_head: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeatResult:
+    room: str
+    seat: int
+    version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """An operation that returns nothing but its identifiers (``room``, ``pk``, ``call``)."""
+
+    room: str | None = None
+    pk: str | None = None
+    call: str | None = None
 
 
 # Events decoded from frames.
@@ -133,6 +181,60 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomEvent:
+    """A room-wide broadcast that is not a message: gift, danmaku, settings, stream.
+
+    ``kind`` names it; ``sender`` is who caused it; ``sent_at`` the actor's intended time.
+    """
+
+    kind: str
+    room: str
+    sender: str | None
+    sent_at: float
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """Something addressed to this user that wants an answer.
+
+    ``kind``: ``seat_invite`` (fields: seat), ``cohost_request`` (from a member, to the host),
+    ``cohost_rejected``, ``pk_invite`` (fields: pk, target, duration), ``pk_rejected``.
+    """
+
+    kind: str
+    room: str
+    sender: str | None
+    sent_at: float
+    fields: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PkUpdate:
+    """``state`` is started, score or ended; ``sent_at`` is the time of the action behind it."""
+
+    pk: str
+    state: str
+    rooms: tuple[str, ...]
+    scores: Mapping[str, int]
+    version: int
+    sent_at: float
+    winner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CallUpdate:
+    """``state`` is ringing, connected, rejected, timeout or ended; ``sent_at`` the invite's time."""
+
+    call: str
+    state: str
+    caller: str
+    callee: str
+    sent_at: float
+    by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Malformed:
     """A frame from the backend that the driver could not make sense of."""
 
@@ -140,7 +242,11 @@ class Malformed:
     frame: bytes = field(repr=False, default=b"")
 
 
-Event = Reply | Failure | Delivery | Receipt | Malformed
+Event = Reply | Failure | Delivery | Receipt | SeatSnapshot | RoomEvent | Invitation | PkUpdate | CallUpdate | Malformed
+
+
+class Unsupported(NotImplementedError):
+    """The backend's protocol has no such operation."""
 
 
 class Driver(abc.ABC):
@@ -183,3 +289,20 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def receive(self, data: bytes, binary: bool) -> list[Event]:
         """Decode one incoming WebSocket message into events (usually one)."""
+
+    # Voice rooms, live streams and calls. A driver for a chat-only backend leaves these
+    # alone; scenarios that need them then fail at once with Unsupported.
+
+    def join_room(self, room: str, *, seats: int | None = None, as_host: bool = False) -> Outgoing:
+        """Join a room with seats (voice room or live stream); the reply carries its state."""
+        if seats is None and not as_host:
+            return self.join(room)
+        raise Unsupported("join_room")
+
+    def room_op(self, op: str, room: str, sent_at: float, **fields: object) -> Outgoing:
+        """A room operation of docs/protocol.md (``seat.take``, ``gift``, ``cohost.accept`` …)."""
+        raise Unsupported(op)
+
+    def call_op(self, op: str, sent_at: float, **fields: object) -> Outgoing:
+        """A call operation (``call.invite``, ``call.accept``, ``call.reject``, ``call.hangup``)."""
+        raise Unsupported(op)

@@ -8,21 +8,30 @@ import orjson
 
 from loadgen.drivers.base import (
     INBOX,
+    CallUpdate,
     ClockResult,
     Delivery,
+    Done,
     Driver,
     Event,
     Failure,
     HistoryResult,
+    Invitation,
     JoinResult,
     LeaveResult,
     LoginResult,
     LogoutResult,
     Malformed,
     Outgoing,
+    PkUpdate,
     ReadResult,
     Receipt,
     Reply,
+    RoomEvent,
+    Seat,
+    SeatChange,
+    SeatResult,
+    SeatSnapshot,
     SendResult,
 )
 
@@ -32,7 +41,35 @@ def _login(ack: dict) -> LoginResult:
 
 
 def _join(ack: dict) -> JoinResult:
-    return JoinResult(ack["room"], ack["head"], ack.get("members", 0))
+    state = ack.get("state")
+    return JoinResult(
+        ack["room"],
+        ack["head"],
+        ack.get("members", 0),
+        ack.get("host"),
+        None if state is None else _seats(state, ack["room"]),
+        bool(ack.get("live", False)),
+    )
+
+
+def _seats(frame: dict, room: str | None = None) -> SeatSnapshot:
+    change = frame.get("change")
+    return SeatSnapshot(
+        room or frame["room"],
+        frame["version"],
+        tuple(Seat(s["n"], s["user"], s.get("muted", False), s.get("locked", False)) for s in frame["seats"]),
+        None
+        if change is None
+        else SeatChange(change["kind"], change["seat"], change.get("user"), change.get("by"), change["ts"]),
+    )
+
+
+def _seat_result(ack: dict) -> SeatResult:
+    return SeatResult(ack["room"], ack["seat"], ack.get("version"))
+
+
+def _done(ack: dict) -> Done:
+    return Done(ack.get("room"), ack.get("pk"), ack.get("call"))
 
 
 def _leave(ack: dict) -> LeaveResult:
@@ -62,6 +99,74 @@ def _clock(ack: dict) -> ClockResult:
 
 def _logout(ack: dict) -> LogoutResult:
     return LogoutResult(dict(ack["heads"]), ack["inbox_head"])
+
+
+def _room_event(frame: dict) -> RoomEvent:
+    kind = frame["ev"]
+    fields = {k: v for k, v in frame.items() if k not in ("ev", "room", "from", "by", "ts")}
+    return RoomEvent(kind, frame["room"], frame.get("from", frame.get("by")), frame["ts"], fields)
+
+
+def _invitation(frame: dict) -> Invitation:
+    fields = {k: v for k, v in frame.items() if k not in ("ev", "room", "from", "by", "ts")}
+    return Invitation(frame["ev"], frame["room"], frame.get("from", frame.get("by")), frame["ts"], fields)
+
+
+def _pk(frame: dict) -> PkUpdate:
+    return PkUpdate(
+        frame["pk"],
+        frame["state"],
+        tuple(frame["rooms"]),
+        frame["scores"],
+        frame.get("version", 0),
+        frame["ts"],
+        frame.get("winner"),
+    )
+
+
+def _call(frame: dict) -> CallUpdate:
+    return CallUpdate(frame["call"], frame["state"], frame["from"], frame["to"], frame["ts"], frame.get("by"))
+
+
+#: push event name -> decoder, for everything but messages and replies
+_PUSHES = {
+    "seats": _seats,
+    "gift": _room_event,
+    "danmaku": _room_event,
+    "settings": _room_event,
+    "stream": _room_event,
+    "seat_invite": _invitation,
+    "cohost_request": _invitation,
+    "cohost_rejected": _invitation,
+    "pk_invite": _invitation,
+    "pk_rejected": _invitation,
+    "pk": _pk,
+    "call": _call,
+}
+
+#: operation -> how to read its ack
+_ROOM_OPS = {
+    "seat.take": _seat_result,
+    "seat.leave": _seat_result,
+    "seat.lock": _seat_result,
+    "seat.mute": _seat_result,
+    "seat.kick": _seat_result,
+    "seat.invite": _seat_result,
+    "seat.accept": _seat_result,
+    "cohost.accept": _seat_result,
+    "cohost.leave": _seat_result,
+    "gift": _done,
+    "danmaku": _done,
+    "settings": _done,
+    "stream.start": _done,
+    "stream.stop": _done,
+    "cohost.request": _done,
+    "cohost.reject": _done,
+    "pk.invite": _done,
+    "pk.accept": _done,
+    "pk.reject": _done,
+}
+_CALL_OPS = ("call.invite", "call.accept", "call.reject", "call.hangup")
 
 
 def _delivery(frame: dict) -> Delivery:
@@ -98,6 +203,25 @@ class ReferenceDriver(Driver):
 
     def join(self, room: str) -> Outgoing:
         return self._request(_join, "join", room=room)
+
+    def join_room(self, room: str, *, seats: int | None = None, as_host: bool = False) -> Outgoing:
+        fields: dict[str, object] = {"room": room}
+        if seats is not None:
+            fields["seats"] = seats
+        if as_host:
+            fields["as_host"] = True
+        return self._request(_join, "join", **fields)
+
+    def room_op(self, op: str, room: str, sent_at: float, **fields: object) -> Outgoing:
+        parse = _ROOM_OPS.get(op)
+        if parse is None:
+            raise ValueError(f"unknown room operation {op!r}")
+        return self._request(parse, op, room=room, ts=sent_at, **fields)
+
+    def call_op(self, op: str, sent_at: float, **fields: object) -> Outgoing:
+        if op not in _CALL_OPS:
+            raise ValueError(f"unknown call operation {op!r}")
+        return self._request(_done, op, ts=sent_at, **fields)
 
     def leave(self, room: str) -> Outgoing:
         return self._request(_leave, "leave", room=room)
@@ -144,6 +268,9 @@ class ReferenceDriver(Driver):
                 request_id = frame.get("re")
                 self._pending.pop(request_id, None)
                 return [Failure(request_id, frame["code"], frame.get("message", ""))]
+            push = _PUSHES.get(kind)
+            if push is not None:
+                return [push(frame)]
             if kind == "receipt":
                 return [Receipt(frame["room"], frame["seq"], frame["reader"])]
             return [Malformed(f"unknown event {kind!r}", data)]

@@ -13,17 +13,32 @@ a quieter backend.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 
 import gevent
+from gevent.event import Event
 from locust import User, constant, task
 
-from loadgen.drivers.base import Delivery, Driver, Malformed, Receipt
+from loadgen.drivers.base import (
+    CallUpdate,
+    Delivery,
+    Driver,
+    Invitation,
+    JoinResult,
+    Malformed,
+    PkUpdate,
+    Receipt,
+    RoomEvent,
+    SeatSnapshot,
+)
 from loadgen.drivers.reference import ReferenceDriver
+from loadgen.rooms import RoomView
 from loadgen.run import RunContext
 from loadgen.session import OperationFailed, Session
 from loadgen.transport import TransportError
@@ -37,10 +52,21 @@ UNREAD_KEPT = 16
 
 
 class Activity:
-    """Something a user does ``rate`` times per second on average."""
+    """Something a user does ``rate`` times per second on average.
+
+    ``storm`` names the profile storm kind that multiplies the rate while it lasts, for
+    users in hot rooms.
+    """
+
+    storm: str | None = None
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
+
+    def rate_for(self, user: RealtimeUser) -> float:
+        if self.storm is None:
+            return self.rate
+        return self.rate * user.storm_multiplier(self.storm)
 
     def __call__(self, user: RealtimeUser, intended: float) -> None:
         raise NotImplementedError
@@ -66,6 +92,10 @@ class RealtimeUser(User):
         self.session: Session | None = None
         self.rooms: list[str] = []
         self.unread: deque[tuple[str, int]] = deque(maxlen=UNREAD_KEPT)
+        self.views: dict[str, RoomView] = {}
+        self.hot = False
+        self._reactions: deque[Callable[[], None]] = deque()
+        self._wake = Event()
         self.log = log.getChild(self.user_id)
 
     # -- what subclasses provide ------------------------------------------------------
@@ -78,6 +108,27 @@ class RealtimeUser(User):
 
     def token(self) -> str:
         return "loadgen"
+
+    def enter(self, session: Session, room: str) -> None:
+        """Join ``room`` on a fresh connection; room scenarios join with seats and roles."""
+        session.join(room)
+
+    def on_invitation(self, invitation: Invitation) -> None:
+        """Something asks this user for an answer; runs in the user's greenlet."""
+
+    def on_call(self, update: CallUpdate) -> None:
+        """A call this user is part of changed state; runs in the reader greenlet."""
+
+    def on_pk(self, update: PkUpdate) -> None:
+        """A PK involving this user's room changed state; runs in the reader greenlet."""
+
+    def storm_multiplier(self, kind: str) -> float:
+        return self.run_context.storm_multiplier(kind) if self.hot else 1.0
+
+    def react(self, reaction: Callable[[], None]) -> None:
+        """Run ``reaction`` in the user's greenlet as soon as it is free (from the reader greenlet)."""
+        self._reactions.append(reaction)
+        self._wake.set()
 
     # -- connection -------------------------------------------------------------------
 
@@ -108,6 +159,7 @@ class RealtimeUser(User):
             on_receipt=self._on_receipt,
             on_malformed=self._on_malformed,
             on_dropped=self._on_dropped,
+            on_event=self._on_event,
             logger=self.log,
         )
         self.session = session
@@ -115,7 +167,7 @@ class RealtimeUser(User):
         run.sessions.add(session)
         session.login(self.user_id, self.token())
         for room in self.rooms:
-            session.join(room)
+            self.enter(session, room)
         session.recover()
 
     def reconnect(self, voluntary: bool) -> None:
@@ -145,32 +197,42 @@ class RealtimeUser(User):
     @task
     def live(self) -> None:
         rng = self.rng
-        now = time.time()
-        due = [(now + rng.expovariate(a.rate), n, a) for n, a in enumerate(self.activities()) if a.rate > 0]
-        heapq.heapify(due)
         run = self.run_context
+        activities = [a for a in self.activities() if a.rate > 0]
+        due: list = []
+        storms = None
         while True:
             if run.draining:
+                self._reactions.clear()
                 gevent.sleep(1.0)
                 continue
             session = self.session
             if session is None or not session.alive:
                 self._recover_connection()
                 continue
-            if not due:
-                gevent.sleep(1.0)
+            while self._reactions:
+                self._attempt(self._reactions.popleft())
+            if storms != run.storms_active():
+                # a storm began or ended: rates changed, and a Poisson process may start afresh
+                storms = run.storms_active()
+                now = time.time()
+                due = [(now + rng.expovariate(r), n, a) for n, a in enumerate(activities) if (r := a.rate_for(self))]
+                heapq.heapify(due)
+            wait = due[0][0] - time.time() if due else 1.0
+            if wait > 0:
+                self._wake.wait(min(wait, 1.0))
+                self._wake.clear()
                 continue
             intended, n, activity = due[0]
-            wait = intended - time.time()
-            if wait > 0:
-                gevent.sleep(min(wait, 1.0))
-                continue
-            heapq.heapreplace(due, (intended + rng.expovariate(activity.rate), n, activity))
-            try:
-                activity(self, intended)
-            except (TransportError, OperationFailed):
-                # reported by the session already; a broken connection is mended next turn
-                pass
+            heapq.heapreplace(due, (intended + rng.expovariate(activity.rate_for(self)), n, activity))
+            self._attempt(functools.partial(activity, self, intended))
+
+    def _attempt(self, action: Callable[[], None]) -> None:
+        try:
+            action()
+        except (TransportError, OperationFailed):
+            # reported by the session already; a broken connection is mended next turn
+            pass
 
     def _recover_connection(self) -> None:
         try:
@@ -186,6 +248,30 @@ class RealtimeUser(User):
 
     def _on_receipt(self, receipt: Receipt) -> None:
         self.run_context.receipts += 1
+
+    def _on_event(self, event: object) -> None:
+        if isinstance(event, JoinResult):
+            view = self.views.get(event.room)
+            if view is not None:
+                view.joined(event)
+        elif isinstance(event, SeatSnapshot):
+            view = self.views.get(event.room)
+            if view is not None:
+                view.snapshot(event)
+        elif isinstance(event, RoomEvent):
+            view = self.views.get(event.room)
+            if view is not None:
+                view.room_event(event)
+        elif isinstance(event, PkUpdate):
+            for room in event.rooms:
+                view = self.views.get(room)
+                if view is not None:
+                    view.pk_update(event)
+            self.on_pk(event)
+        elif isinstance(event, CallUpdate):
+            self.on_call(event)
+        elif isinstance(event, Invitation):
+            self.react(lambda: self.on_invitation(event))
 
     def _on_dropped(self) -> None:
         self.run_context.connections["dropped"] += 1

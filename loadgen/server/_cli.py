@@ -12,7 +12,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from ._config import ServerConfig
+from ._config import BUG_KINDS, ServerConfig
 from ._server import ReferenceServer
 
 log = logging.getLogger("loadgen.server")
@@ -60,6 +60,37 @@ def _probability(text: str) -> float:
     return value
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+class _AppendBug(argparse.Action):
+    """``--bug KIND P``: appends (kind, probability), validating both as argparse errors."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        kind, text = values
+        if kind not in BUG_KINDS:
+            raise argparse.ArgumentError(self, f"unknown bug kind {kind!r} (choose from {', '.join(BUG_KINDS)})")
+        try:
+            p = _probability(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentError(self, str(exc)) from None
+        # A fresh list, as argparse's own "append" does, so the default is never mutated.
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), (kind, p)])
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the reference backend's flags to ``parser`` (a ``loadgen serve`` subparser or its own)."""
     net = parser.add_argument_group("listening")
@@ -103,6 +134,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="messages kept per room and per inbox for history and read (default: %(default)s)",
     )
+    proto.add_argument(
+        "--ring-timeout",
+        type=_positive,
+        default=15.0,
+        metavar="SECONDS",
+        help="a 1v1 call not answered within SECONDS ends with state timeout (default: %(default)g)",
+    )
     faults = parser.add_argument_group("fault injection (message deliveries only; see docs/protocol.md)")
     faults.add_argument(
         "--drop", type=_probability, default=0.0, metavar="P", help="discard each delivery with probability P"
@@ -144,6 +182,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort each logged-in connection R times per second on average (Poisson), as a lost link would",
     )
     faults.add_argument("--seed", type=int, metavar="N", help="seed the fault dice so a run can be repeated")
+    bugs = parser.add_argument_group("bug injection (voice rooms and PKs; see docs/protocol.md)")
+    bugs.add_argument(
+        "--bug",
+        action=_AppendBug,
+        nargs=2,
+        metavar=("KIND", "P"),
+        default=[],
+        help=f"break an invariant with probability P; repeatable; KIND is one of {', '.join(BUG_KINDS)}",
+    )
     parser.add_argument(
         "--log-level",
         type=str.upper,
@@ -171,6 +218,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         jitter_ms=args.jitter_ms,
         disconnect_rate=args.disconnect_rate,
         seed=args.seed,
+        bugs=tuple(args.bug),
+        ring_timeout=args.ring_timeout,
     )
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 FAULT_KINDS = ("drop", "duplicate", "reorder", "disconnect")
+# Invariants of voice rooms and PKs the backend can break on purpose (``--bug KIND P``).
+BUG_KINDS = ("seat-double-grant", "seat-version-regress", "pk-score-skew")
 
 
 @dataclass(frozen=True)
@@ -13,7 +16,9 @@ class ServerConfig:
     """Every option of the reference backend, including its fault injection.
 
     The field names match the command-line flags (``max_body`` is ``--max-body``). Invalid
-    values raise ``ValueError`` naming the field.
+    values raise ``ValueError`` naming the field. ``bugs`` maps a kind of ``BUG_KINDS`` to
+    its probability; a mapping or (kind, P) pairs are accepted and kept as pairs in
+    ``BUG_KINDS`` order (a repeated kind keeps its last P).
     """
 
     host: str = "127.0.0.1"
@@ -31,6 +36,8 @@ class ServerConfig:
     jitter_ms: float = 0.0
     disconnect_rate: float = 0.0
     seed: int | None = None
+    bugs: tuple[tuple[str, float], ...] = ()
+    ring_timeout: float = 15.0
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -51,6 +58,13 @@ class ServerConfig:
                 raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not _is_real(self.ring_timeout) or self.ring_timeout <= 0:
+            raise ValueError(f"ring_timeout must be a positive number of seconds, got {self.ring_timeout!r}")
+        object.__setattr__(self, "bugs", _bugs(self.bugs))
+
+    def bug(self, kind: str) -> float:
+        """The probability of the bug ``kind`` (0 when off)."""
+        return dict(self.bugs).get(kind, 0.0)
 
     @property
     def delivery_faults(self) -> bool:
@@ -64,6 +78,7 @@ class ServerConfig:
             parts.append(f"delay={self.delay_ms:g}±{self.jitter_ms:g}ms")
         if self.disconnect_rate:
             parts.append(f"disconnect-rate={self.disconnect_rate:g}/s")
+        parts.extend(f"bug {kind}={p:g}" for kind, p in self.bugs if p)
         if not parts:
             return "no faults injected"
         seed = "random seed" if self.seed is None else f"seed={self.seed}"
@@ -72,3 +87,21 @@ class ServerConfig:
 
 def _is_real(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _bugs(value: object) -> tuple[tuple[str, float], ...]:
+    if isinstance(value, Mapping):
+        value = value.items()
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"bugs must map a bug kind to a probability, got {value!r}")
+    chosen: dict[str, float] = {}
+    for pair in value:
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise ValueError(f"bugs must hold (kind, probability) pairs, got {pair!r}")
+        kind, p = pair
+        if kind not in BUG_KINDS:
+            raise ValueError(f"bugs: unknown kind {kind!r}, expected one of {', '.join(BUG_KINDS)}")
+        if not _is_real(p) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"bugs: {kind} must have a probability between 0 and 1, got {p!r}")
+        chosen[kind] = float(p)
+    return tuple((kind, chosen[kind]) for kind in BUG_KINDS if kind in chosen)

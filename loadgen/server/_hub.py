@@ -5,6 +5,12 @@ no other request can slip between stamping a sequence number and queueing its pu
 which is what makes the ``head`` windows of ``join``, ``leave`` and ``logout`` exact. The
 only I/O is appending encoded frames to each connection's ``Outbox``; the server's writer
 tasks drain them.
+
+Voice rooms, live streams, PKs and calls live here too. Their broadcasts (seat snapshots,
+gifts, danmaku, settings, stream and PK events) are encoded once and the same bytes go on
+every member's outbox; they bypass the delivery faults, and the ``--bug`` dice, drawn from
+their own generator, are their faults. Invite lapses, PK ends and ring timeouts are loop
+timers, cancelled as soon as what they guard is resolved.
 """
 
 from __future__ import annotations
@@ -28,6 +34,17 @@ NAME_MAX = 64
 HISTORY_PAGE_MAX = 500
 REORDER_HOLD_S = 0.1
 _OPEN_OPS = frozenset({"login", "time"})
+SEATS_DEFAULT = 8
+SEATS_MAX = 16
+RECENT_MESSAGES = 20
+SEAT_INVITE_S = 30.0
+PK_INVITE_S = 15.0
+PK_DURATION_DEFAULT = 30
+PK_DURATION_MAX = 600
+# Bounds that keep a PK score far inside the 64-bit integers JSON encoding allows.
+GIFT_COUNT_MAX = 1_000_000
+GIFT_VALUE_MAX = 1_000_000
+_BGM_OFF: dict[str, Any] = {"on": False, "track": ""}
 
 # A history entry: (seq, author, encoded push frame). Tuples keep 1000 entries per room cheap.
 Entry = tuple[int, str, bytes]
@@ -149,12 +166,112 @@ class Stream:
         return [orjson.Fragment(frame) for _, _, frame in itertools.islice(history, start, start + limit)]
 
 
-class Room(Stream):
-    __slots__ = ("members",)
+class Seat:
+    """One mic seat; ``cohost`` marks an occupant put on stage by ``cohost.accept``."""
 
-    def __init__(self, keep: int) -> None:
+    __slots__ = ("user", "muted", "locked", "cohost")
+
+    def __init__(self) -> None:
+        self.user: str | None = None
+        self.muted = False
+        self.locked = False
+        self.cohost = False
+
+
+class Room(Stream):
+    """A room's messages, members, and its voice-room and live-stream state."""
+
+    __slots__ = (
+        "members",
+        "seat_count",
+        "_seats",
+        "seated",
+        "version",
+        "host",
+        "effects",
+        "bgm",
+        "live",
+        "requests",
+        "invites",
+        "pk",
+    )
+
+    def __init__(self, keep: int, seats: int = SEATS_DEFAULT) -> None:
         super().__init__(keep)
         self.members: set[Connection] = set()
+        self.seat_count = seats
+        # Built on the first seat op, so rooms used only for messages stay small.
+        self._seats: list[Seat] | None = None
+        # user -> the seat it occupies, so "is this user seated" needs no scan
+        self.seated: dict[str, int] = {}
+        self.version = 0
+        self.host: str | None = None
+        self.effects: dict[str, str] = {}
+        # Replaced, never mutated, so every room can start with the same object.
+        self.bgm: dict[str, Any] = _BGM_OFF
+        self.live = False
+        # pending co-host requests: requester -> its request ts, oldest first
+        self.requests: dict[str, float] = {}
+        # pending seat invites: invitee -> seat -> the timer that lets it lapse
+        self.invites: dict[str, dict[int, asyncio.TimerHandle]] = {}
+        # the PK this room is in or invited to (either side)
+        self.pk: Pk | None = None
+
+    @property
+    def seats(self) -> list[Seat]:
+        seats = self._seats
+        if seats is None:
+            seats = self._seats = [Seat() for _ in range(self.seat_count)]
+        return seats
+
+    def seat_list(self) -> list[dict[str, Any]]:
+        if self._seats is None:
+            return [{"n": n, "user": None, "muted": False, "locked": False} for n in range(self.seat_count)]
+        return [
+            {"n": n, "user": seat.user, "muted": seat.muted, "locked": seat.locked}
+            for n, seat in enumerate(self._seats)
+        ]
+
+    def free_seat(self) -> int | None:
+        """The lowest seat that is neither occupied nor locked."""
+        for n, seat in enumerate(self.seats):
+            if seat.user is None and not seat.locked:
+                return n
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        return {"effects": self.effects, "bgm": self.bgm}
+
+
+class Pk:
+    """A PK battle between two live rooms: invited, then running until ``ends_at``."""
+
+    __slots__ = ("id", "rooms", "inviter", "duration", "scores", "version", "ends_at", "running", "timer")
+
+    def __init__(self, pk_id: str, room: str, target: str, inviter: str, duration: float) -> None:
+        self.id = pk_id
+        self.rooms = (room, target)
+        self.inviter = inviter
+        self.duration = duration
+        self.scores = {room: 0, target: 0}
+        self.version = 0
+        self.ends_at = 0.0
+        self.running = False
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Call:
+    """A 1v1 call: ringing until answered, then connected until hung up."""
+
+    __slots__ = ("id", "caller", "callee", "ts", "connected", "timer")
+
+    def __init__(self, call_id: str, caller: str, callee: str, ts: float) -> None:
+        self.id = call_id
+        self.caller = caller
+        self.callee = callee
+        self.ts = ts
+        self.connected = False
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class FaultInjector:
@@ -261,6 +378,18 @@ def _str(req: dict[str, Any], name: str) -> str:
     return value
 
 
+def _bool(req: dict[str, Any], name: str) -> bool:
+    value = _field(req, name)
+    if not isinstance(value, bool):
+        raise RequestError("bad_request", f"The field {name!r} must be a boolean.")
+    return value
+
+
+def _given(req: dict[str, Any], name: str) -> bool:
+    """Whether an optional field is present; null counts as absent."""
+    return req.get(name) is not None
+
+
 class Hub:
     """All rooms, inboxes and sessions of one server, and the request handlers."""
 
@@ -281,8 +410,19 @@ class Hub:
         self.sessions: dict[str, Connection] = {}
         self.rooms: dict[str, Room] = {}
         self.inboxes: dict[str, Stream] = {}
+        # PKs by id: pending invites, and those running
+        self.pk_invites: dict[str, Pk] = {}
+        self.pks: dict[str, Pk] = {}
+        # calls by id, and each party's call (a user is in at most one)
+        self.calls: dict[str, Call] = {}
+        self._user_calls: dict[str, Call] = {}
+        self._pk_ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        # Their own generator, so rolling for bugs does not shift the delivery fault dice.
+        self._bug_rng = random.Random(None if config.seed is None else f"bug-{config.seed}")
+        self._bug_p = {kind: p for kind, p in config.bugs if p}
         self._ops: dict[str, Callable[[Connection, dict[str, Any]], dict[str, Any]]] = {
-            op: getattr(self, f"_op_{op}") for op in OPS
+            op: getattr(self, f"_op_{op.replace('.', '_')}") for op in OPS
         }
 
     # Connection lifecycle
@@ -297,22 +437,51 @@ class Hub:
         self.connections.discard(conn)
 
     def end_session(self, conn: Connection) -> None:
-        """Log the connection out silently: no more pushes, held deliveries discarded."""
+        """Log the connection out: no more pushes to it, held deliveries discarded.
+
+        What its user leaves behind is announced to the others: a freed seat to its
+        rooms, the end of its call to the other party.
+        """
         for held in conn.held.values():
             held.timer.cancel()
         conn.held.clear()
+        user = conn.user
         for name in conn.rooms:
-            self.rooms[name].members.discard(conn)
+            room = self.rooms[name]
+            room.members.discard(conn)
+            if user is not None:
+                self._departed(name, room, user)
         conn.rooms.clear()
-        if conn.user is not None:
-            del self.sessions[conn.user]
+        if user is not None:
+            self._hang_up_on_leaving(user)
+            del self.sessions[user]
             conn.user = None
+
+    def shutdown(self) -> None:
+        """Cancel every timer (invite lapses, PK ends, ring timeouts); the server is stopping."""
+        for room in list(self.rooms.values()):
+            for timers in room.invites.values():
+                for timer in timers.values():
+                    timer.cancel()
+            room.invites.clear()
+        for pk in (*self.pk_invites.values(), *self.pks.values()):
+            if pk.timer is not None:
+                pk.timer.cancel()
+        for call in self.calls.values():
+            if call.timer is not None:
+                call.timer.cancel()
 
     def active_rooms(self) -> int:
         return sum(1 for room in list(self.rooms.values()) if room.members)
 
     def queued_frames(self) -> int:
         return sum(len(conn.outbox) for conn in list(self.connections))
+
+    def seated_users(self) -> int:
+        return sum(len(room.seated) for room in list(self.rooms.values()))
+
+    def live_streams(self) -> int:
+        return sum(1 for room in list(self.rooms.values()) if room.live)
 
     # Requests
 
@@ -363,11 +532,11 @@ class Hub:
             raise RequestError("not_member", f"Not a member of room {name!r}.")
         return self.rooms[name]
 
-    def _check_body(self, body: str) -> None:
+    def _check_body(self, body: str, name: str = "body") -> None:
         limit = self._config.max_body
         # Characters never outnumber UTF-8 bytes, so most bodies are judged without encoding.
         if len(body) > limit or (len(body) * 4 > limit and len(body.encode()) > limit):
-            raise RequestError("too_large", f"The body is longer than {limit} bytes.")
+            raise RequestError("too_large", f"The {name} is longer than {limit} bytes.")
 
     def _inbox_head(self, user: str) -> int:
         inbox = self.inboxes.get(user)
@@ -406,20 +575,42 @@ class Hub:
 
     def _op_join(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         name = _name(req, "room")
+        seats = _int(req, "seats") if _given(req, "seats") else SEATS_DEFAULT
+        if not 1 <= seats <= SEATS_MAX:
+            raise RequestError("bad_request", f"The field 'seats' must be between 1 and {SEATS_MAX}.")
+        as_host = _bool(req, "as_host") if _given(req, "as_host") else False
+        user = conn.user
         room = self.rooms.get(name)
+        if as_host and room is not None and room.host not in (None, user):
+            raise RequestError("host_taken", f"Room {name!r} already has a host.")
         if room is None:
-            room = self.rooms[name] = Room(self._config.history)
+            room = self.rooms[name] = Room(self._config.history, seats)
         head = conn.rooms.get(name)
         if head is None:
             head = conn.rooms[name] = room.seq
             room.members.add(conn)
-        return {"room": name, "head": head, "members": len(room.members)}
+        if as_host:
+            room.host = user
+        history = room.history
+        recent = itertools.islice(history, max(0, len(history) - RECENT_MESSAGES), None)
+        return {
+            "room": name,
+            "head": head,
+            "members": len(room.members),
+            "host": room.host,
+            "state": {"version": room.version, "seats": room.seat_list()},
+            "settings": room.settings(),
+            "live": room.live,
+            "recent": [orjson.Fragment(frame) for _, _, frame in recent],
+        }
 
     def _leave(self, conn: Connection, name: str) -> int:
         room = self.rooms[name]
         del conn.rooms[name]
         room.members.discard(conn)
         self._release_held(conn, name)
+        assert conn.user is not None
+        self._departed(name, room, conn.user)
         return room.seq
 
     def _op_leave(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
@@ -542,6 +733,677 @@ class Hub:
         assert user is not None
         heads = {name: self._leave(conn, name) for name in list(conn.rooms)}
         self._release_held(conn, None)
+        self._hang_up_on_leaving(user)
         del self.sessions[user]
         conn.user = None
         return {"heads": heads, "inbox_head": self._inbox_head(user)}
+
+    # Voice rooms, live streams and calls: shared steps
+
+    def _bug(self, kind: str) -> bool:
+        """Roll for the bug ``kind`` if it is on; one that fires is counted."""
+        p = self._bug_p.get(kind)
+        if p is None or self._bug_rng.random() >= p:
+            return False
+        self._stats.bugs[kind] += 1
+        return True
+
+    def _broadcast(self, room: Room, frame: bytes) -> None:
+        for member in room.members:
+            member.outbox.put(frame)
+
+    def _push(self, user: str | None, frame: bytes) -> None:
+        """Queue ``frame`` for ``user``'s connection if the user is logged in."""
+        if user is not None:
+            conn = self.sessions.get(user)
+            if conn is not None:
+                conn.outbox.put(frame)
+
+    @staticmethod
+    def _check_seat(room: Room, n: int) -> None:
+        if not 0 <= n < room.seat_count:
+            raise RequestError("bad_request", f"The room has seats 0 to {room.seat_count - 1}, not {n}.")
+
+    @staticmethod
+    def _check_host(conn: Connection, room: Room) -> None:
+        if room.host is None or room.host != conn.user:
+            raise RequestError("forbidden", "Only the room's host may do this.")
+
+    @staticmethod
+    def _sit(room: Room, n: int, user: str, cohost: bool = False) -> None:
+        seat = room.seats[n]
+        seat.user = user
+        seat.muted = False
+        seat.cohost = cohost
+        room.seated[user] = n
+
+    @staticmethod
+    def _unseat(room: Room, n: int) -> str:
+        seat = room.seats[n]
+        user = seat.user
+        assert user is not None
+        seat.user = None
+        seat.muted = False
+        seat.cohost = False
+        del room.seated[user]
+        return user
+
+    def _seat_change(
+        self,
+        name: str,
+        room: Room,
+        kind: str,
+        n: int,
+        user: str | None,
+        by: str | None,
+        ts: float,
+        server_ts: float | None = None,
+    ) -> int:
+        """Count a change of the room's seats and broadcast the snapshot; return the new version."""
+        room.version += 1
+        version = room.version
+        # A snapshot nobody receives cannot show the bug, so none is counted for it.
+        stamped = version - 2 if room.members and self._bug("seat-version-regress") else version
+        self._stats.seat_changes[kind] += 1
+        frame = _encode(
+            {
+                "ev": "seats",
+                "room": name,
+                "version": stamped,
+                "seats": room.seat_list(),
+                "change": {"kind": kind, "seat": n, "user": user, "by": by, "ts": ts},
+                "server_ts": _now() if server_ts is None else server_ts,
+            }
+        )
+        self._broadcast(room, frame)
+        return version
+
+    def _departed(self, name: str, room: Room, user: str) -> None:
+        """Tidy up after ``user`` stopped being a member: host role, requests, invites, seat."""
+        if room.host == user:
+            room.host = None
+        room.requests.pop(user, None)
+        timers = room.invites.pop(user, None)
+        if timers:
+            for timer in timers.values():
+                timer.cancel()
+        n = room.seated.get(user)
+        if n is not None:
+            self._unseat(room, n)
+            now = _now()
+            self._seat_change(name, room, "leave", n, user, user, now, now)
+
+    # Seats
+
+    def _op_seat_take(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        ts = _number(req, "ts")
+        wanted = _int(req, "seat") if _given(req, "seat") else None
+        room = self._member_room(conn, name)
+        user = conn.user
+        assert user is not None
+        if wanted is not None:
+            self._check_seat(room, wanted)
+        if user in room.seated:
+            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
+        if wanted is None:
+            n = room.free_seat()
+            if n is None:
+                raise RequestError("no_free_seat", "Every seat is occupied or locked.")
+        else:
+            n = wanted
+            seat = room.seats[n]
+            if seat.locked:
+                raise RequestError("seat_locked", f"Seat {n} is locked.")
+            if seat.user is not None:
+                if not self._bug("seat-double-grant"):
+                    raise RequestError("seat_taken", f"Seat {n} is occupied.")
+                # The bug: its occupant loses the seat, and no change tells anyone so.
+                self._unseat(room, n)
+        self._sit(room, n, user)
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, "take", n, user, user, ts)}
+
+    def _op_seat_leave(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        user = conn.user
+        assert user is not None
+        n = room.seated.get(user)
+        if n is None:
+            raise RequestError("not_seated", "Not on a seat of this room.")
+        self._unseat(room, n)
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, "leave", n, user, user, ts)}
+
+    def _op_seat_lock(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        n = _int(req, "seat")
+        locked = _bool(req, "locked")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_seat(room, n)
+        self._check_host(conn, room)
+        seat = room.seats[n]
+        removed = self._unseat(room, n) if locked and seat.user is not None else None
+        seat.locked = locked
+        kind = "lock" if locked else "unlock"
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, kind, n, removed, conn.user, ts)}
+
+    def _op_seat_mute(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        n = _int(req, "seat")
+        muted = _bool(req, "muted")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_seat(room, n)
+        seat = room.seats[n]
+        if conn.user != room.host and conn.user != seat.user:
+            raise RequestError("forbidden", "Only the seat's occupant or the host may mute it.")
+        if seat.user is None:
+            raise RequestError("not_seated", f"Seat {n} is empty.")
+        seat.muted = muted
+        kind = "mute" if muted else "unmute"
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, kind, n, seat.user, conn.user, ts)}
+
+    def _op_seat_kick(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        n = _int(req, "seat")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_seat(room, n)
+        self._check_host(conn, room)
+        if room.seats[n].user is None:
+            raise RequestError("not_seated", f"Seat {n} is empty.")
+        kicked = self._unseat(room, n)
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, "kick", n, kicked, conn.user, ts)}
+
+    def _op_seat_invite(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        n = _int(req, "seat")
+        invitee = _name(req, "user")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_seat(room, n)
+        self._check_host(conn, room)
+        target = self.sessions.get(invitee)
+        if target is None or name not in target.rooms:
+            raise RequestError("not_member", f"User {invitee!r} is not a member of room {name!r}.")
+        seat = room.seats[n]
+        if seat.locked:
+            raise RequestError("seat_locked", f"Seat {n} is locked.")
+        if seat.user is not None:
+            raise RequestError("seat_taken", f"Seat {n} is occupied.")
+        timers = room.invites.setdefault(invitee, {})
+        previous = timers.get(n)
+        if previous is not None:
+            previous.cancel()
+        timers[n] = self._loop.call_later(SEAT_INVITE_S, self._seat_invite_lapsed, room, invitee, n)
+        target.outbox.put(_encode({"ev": "seat_invite", "room": name, "seat": n, "from": conn.user, "ts": ts}))
+        return {"room": name, "seat": n}
+
+    @staticmethod
+    def _seat_invite_lapsed(room: Room, invitee: str, n: int) -> None:
+        timers = room.invites.get(invitee)
+        if timers is not None:
+            timers.pop(n, None)
+            if not timers:
+                del room.invites[invitee]
+
+    def _op_seat_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        n = _int(req, "seat")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_seat(room, n)
+        user = conn.user
+        assert user is not None
+        timers = room.invites.get(user)
+        if timers is None or n not in timers:
+            raise RequestError("no_invite", f"No pending invite to seat {n}.")
+        if user in room.seated:
+            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
+        seat = room.seats[n]
+        if seat.locked:
+            raise RequestError("seat_locked", f"Seat {n} is locked.")
+        if seat.user is not None:
+            raise RequestError("seat_taken", f"Seat {n} is occupied.")
+        timers.pop(n).cancel()
+        if not timers:
+            del room.invites[user]
+        self._sit(room, n, user)
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, "accept", n, user, user, ts)}
+
+    # Gifts, danmaku and settings
+
+    def _op_gift(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        gift = _str(req, "gift")
+        count = _int(req, "count")
+        value = _int(req, "value")
+        ts = _number(req, "ts")
+        if not 1 <= count <= GIFT_COUNT_MAX:
+            raise RequestError("bad_request", f"The field 'count' must be between 1 and {GIFT_COUNT_MAX}.")
+        if not 0 <= value <= GIFT_VALUE_MAX:
+            raise RequestError("bad_request", f"The field 'value' must be between 0 and {GIFT_VALUE_MAX}.")
+        room = self._member_room(conn, name)
+        frame = _encode(
+            {
+                "ev": "gift",
+                "room": name,
+                "from": conn.user,
+                "gift": gift,
+                "count": count,
+                "value": value,
+                "ts": ts,
+                "server_ts": _now(),
+            }
+        )
+        self._stats.gifts += 1
+        self._broadcast(room, frame)
+        pk = room.pk
+        if pk is not None and pk.running:
+            self._pk_score(pk, name, count * value, ts)
+        return {"room": name}
+
+    def _op_danmaku(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        text = _str(req, "text")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_body(text, "text")
+        self._broadcast(
+            room,
+            _encode({"ev": "danmaku", "room": name, "from": conn.user, "text": text, "ts": ts, "server_ts": _now()}),
+        )
+        return {"room": name}
+
+    def _op_settings(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        ts = _number(req, "ts")
+        effect = _str(req, "effect") if _given(req, "effect") else None
+        bgm = None
+        if _given(req, "bgm"):
+            raw = req["bgm"]
+            if not isinstance(raw, dict):
+                raise RequestError("bad_request", "The field 'bgm' must be an object with 'on' and 'track'.")
+            bgm = {"on": _bool(raw, "on"), "track": _str(raw, "track")}
+        room = self._member_room(conn, name)
+        user = conn.user
+        assert user is not None
+        if user != room.host and user not in room.seated:
+            raise RequestError("forbidden", "Only the host or a seated user may change the settings.")
+        if effect is not None:
+            room.effects[user] = effect
+        if bgm is not None:
+            room.bgm = bgm
+        self._broadcast(
+            room,
+            _encode(
+                {"ev": "settings", "room": name, "by": user, "settings": room.settings(), "ts": ts, "server_ts": _now()}
+            ),
+        )
+        return {"room": name}
+
+    # Live streams and co-hosts
+
+    def _stream_event(self, name: str, room: Room, ts: float) -> None:
+        self._broadcast(
+            room,
+            _encode(
+                {"ev": "stream", "room": name, "live": room.live, "host": room.host, "ts": ts, "server_ts": _now()}
+            ),
+        )
+
+    def _op_stream_start(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        room.live = True
+        self._stream_event(name, room, ts)
+        return {"room": name}
+
+    def _op_stream_stop(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        room.live = False
+        self._stream_event(name, room, ts)
+        room.requests.clear()
+        for n, seat in enumerate(room.seats):
+            if seat.cohost:
+                cohost = self._unseat(room, n)
+                self._seat_change(name, room, "leave", n, cohost, conn.user, ts)
+        pk = room.pk
+        if pk is not None:
+            if pk.running:
+                self._pk_end(pk, ts)
+            else:
+                self._pk_forget(pk)
+        return {"room": name}
+
+    def _op_cohost_request(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        user = conn.user
+        assert user is not None
+        if user == room.host:
+            raise RequestError("forbidden", "The host cannot ask to be its own co-host.")
+        if not room.live:
+            raise RequestError("not_live", f"Room {name!r} is not live.")
+        if user in room.seated:
+            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
+        # A repeated request replaces the pending one, and goes to the host again.
+        room.requests.pop(user, None)
+        room.requests[user] = ts
+        self._push(room.host, _encode({"ev": "cohost_request", "room": name, "from": user, "ts": ts}))
+        return {"room": name}
+
+    def _op_cohost_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        requester = _name(req, "user")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        if requester not in room.requests:
+            raise RequestError("no_request", f"No pending co-host request from {requester!r}.")
+        if requester in room.seated:
+            raise RequestError("already_seated", f"{requester!r} is already on seat {room.seated[requester]}.")
+        n = room.free_seat()
+        if n is None:
+            raise RequestError("stage_full", "Every seat is occupied or locked.")
+        del room.requests[requester]
+        self._sit(room, n, requester, cohost=True)
+        version = self._seat_change(name, room, "cohost", n, requester, conn.user, ts)
+        return {"room": name, "seat": n, "version": version}
+
+    def _op_cohost_reject(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        requester = _name(req, "user")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        if room.requests.pop(requester, None) is None:
+            raise RequestError("no_request", f"No pending co-host request from {requester!r}.")
+        self._push(requester, _encode({"ev": "cohost_rejected", "room": name, "by": conn.user, "ts": ts}))
+        return {"room": name}
+
+    def _op_cohost_leave(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        return self._op_seat_leave(conn, req)
+
+    # PK battles
+
+    def _op_pk_invite(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        target = _name(req, "target")
+        ts = _number(req, "ts")
+        duration = _number(req, "duration") if _given(req, "duration") else PK_DURATION_DEFAULT
+        if not 1 <= duration <= PK_DURATION_MAX:
+            raise RequestError("bad_request", f"The field 'duration' must be between 1 and {PK_DURATION_MAX} seconds.")
+        if target == name:
+            raise RequestError("bad_request", "A room cannot PK itself.")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        if not room.live:
+            raise RequestError("not_live", f"Room {name!r} is not live.")
+        other = self.rooms.get(target)
+        if other is None or other.host is None:
+            raise RequestError("no_host", f"Room {target!r} has no host.")
+        if room.pk is not None or other.pk is not None:
+            raise RequestError("pk_busy", "One of the rooms is in a PK or has a PK invite pending.")
+        user = conn.user
+        assert user is not None
+        pk = Pk(f"pk{next(self._pk_ids)}", name, target, user, duration)
+        pk.timer = self._loop.call_later(PK_INVITE_S, self._pk_forget, pk)
+        room.pk = other.pk = pk
+        self.pk_invites[pk.id] = pk
+        self._push(
+            other.host,
+            _encode(
+                {
+                    "ev": "pk_invite",
+                    "pk": pk.id,
+                    "room": name,
+                    "target": target,
+                    "from": user,
+                    "duration": duration,
+                    "ts": ts,
+                }
+            ),
+        )
+        return {"room": name, "pk": pk.id}
+
+    def _invited_pk(self, conn: Connection, req: dict[str, Any]) -> tuple[str, Pk, float]:
+        """The pending PK invite that ``req`` answers, for the host of the invited room."""
+        name = _name(req, "room")
+        pk_id = _name(req, "pk")
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        pk = self.pk_invites.get(pk_id)
+        if pk is None or pk.rooms[1] != name:
+            raise RequestError("no_invite", f"No pending PK invite {pk_id!r} to room {name!r}.")
+        return name, pk, ts
+
+    def _op_pk_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name, pk, ts = self._invited_pk(conn, req)
+        del self.pk_invites[pk.id]
+        if pk.timer is not None:
+            pk.timer.cancel()
+        pk.running = True
+        self.pks[pk.id] = pk
+        server_ts = _now()
+        pk.ends_at = round(server_ts + pk.duration, 6)
+        pk.timer = self._loop.call_later(pk.duration, self._pk_timed_out, pk)
+        self._pk_broadcast(
+            pk,
+            {
+                "ev": "pk",
+                "pk": pk.id,
+                "state": "started",
+                "rooms": pk.rooms,
+                "scores": pk.scores,
+                "version": pk.version,
+                "ends_at": pk.ends_at,
+                "ts": ts,
+                "server_ts": server_ts,
+            },
+        )
+        return {"room": name, "pk": pk.id}
+
+    def _op_pk_reject(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name, pk, ts = self._invited_pk(conn, req)
+        self._pk_forget(pk)
+        self._push(
+            pk.inviter,
+            _encode({"ev": "pk_rejected", "pk": pk.id, "room": pk.rooms[0], "target": pk.rooms[1], "ts": ts}),
+        )
+        return {"room": name, "pk": pk.id}
+
+    def _pk_forget(self, pk: Pk) -> None:
+        """Drop a PK invite: it lapsed, was rejected, or a room's stream stopped."""
+        if pk.timer is not None:
+            pk.timer.cancel()
+            pk.timer = None
+        self.pk_invites.pop(pk.id, None)
+        for name in pk.rooms:
+            room = self.rooms[name]
+            if room.pk is pk:
+                room.pk = None
+
+    def _pk_broadcast(self, pk: Pk, event: dict[str, Any]) -> None:
+        """One copy to every member of either room, a member of both included."""
+        frame = _encode(event)
+        first, second = pk.rooms
+        self._broadcast(self.rooms[first], frame)
+        for member in self.rooms[second].members:
+            if first not in member.rooms:
+                member.outbox.put(frame)
+
+    def _pk_score(self, pk: Pk, name: str, amount: int, ts: float) -> None:
+        if self._bug("pk-score-skew"):
+            amount += 1
+        pk.scores[name] += amount
+        pk.version += 1
+        self._pk_broadcast(
+            pk,
+            {
+                "ev": "pk",
+                "pk": pk.id,
+                "state": "score",
+                "rooms": pk.rooms,
+                "scores": pk.scores,
+                "version": pk.version,
+                "ts": ts,
+                "server_ts": _now(),
+            },
+        )
+
+    def _pk_timed_out(self, pk: Pk) -> None:
+        pk.timer = None
+        now = _now()
+        self._pk_end(pk, now, now)
+
+    def _pk_end(self, pk: Pk, ts: float, server_ts: float | None = None) -> None:
+        if pk.timer is not None:
+            pk.timer.cancel()
+            pk.timer = None
+        del self.pks[pk.id]
+        for name in pk.rooms:
+            self.rooms[name].pk = None
+        first, second = pk.rooms
+        a, b = pk.scores[first], pk.scores[second]
+        self._pk_broadcast(
+            pk,
+            {
+                "ev": "pk",
+                "pk": pk.id,
+                "state": "ended",
+                "rooms": pk.rooms,
+                "scores": pk.scores,
+                "version": pk.version,
+                "winner": first if a > b else second if b > a else None,
+                "ts": ts,
+                "server_ts": _now() if server_ts is None else server_ts,
+            },
+        )
+
+    # 1v1 calls
+
+    def _op_call_invite(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        callee = _name(req, "to")
+        ts = _number(req, "ts")
+        if _given(req, "room"):
+            _name(req, "room")
+        caller = conn.user
+        assert caller is not None
+        if callee == caller:
+            raise RequestError("bad_request", "A user cannot call itself.")
+        if callee not in self.sessions:
+            raise RequestError("offline", f"User {callee!r} is not logged in.")
+        for party in (callee, caller):
+            if party in self._user_calls:
+                self._stats.calls["busy"] += 1
+                raise RequestError("busy", f"User {party!r} is in a call.")
+        call = Call(f"c{next(self._call_ids)}", caller, callee, ts)
+        self.calls[call.id] = call
+        self._user_calls[caller] = self._user_calls[callee] = call
+        call.timer = self._loop.call_later(self._config.ring_timeout, self._ring_timed_out, call)
+        self._call_event(call, "ringing", ts)
+        return {"call": call.id}
+
+    def _own_call(self, conn: Connection, req: dict[str, Any], answering: bool) -> tuple[Call, float]:
+        """The call ``req`` names, if ``conn``'s user may act on it: answer it, or hang it up."""
+        call_id = _name(req, "call")
+        ts = _number(req, "ts")
+        call = self.calls.get(call_id)
+        user = conn.user
+        if answering:
+            allowed = call is not None and user == call.callee and not call.connected
+        else:
+            allowed = call is not None and user in (call.caller, call.callee)
+        if call is None or not allowed:
+            raise RequestError("no_call", f"No call {call_id!r} for this user to do that to.")
+        return call, ts
+
+    def _op_call_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        call, _ = self._own_call(conn, req, answering=True)
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        call.connected = True
+        self._stats.calls["connected"] += 1
+        # The invite's ts, so both sides measure the call's setup time.
+        self._call_event(call, "connected", call.ts)
+        return {"call": call.id}
+
+    def _op_call_reject(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        call, ts = self._own_call(conn, req, answering=True)
+        self._stats.calls["rejected"] += 1
+        self._end_call(call, "rejected", ts)
+        return {"call": call.id}
+
+    def _op_call_hangup(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        call, ts = self._own_call(conn, req, answering=False)
+        if not call.connected:
+            self._stats.calls["cancelled"] += 1
+        self._end_call(call, "ended", ts, by=conn.user)
+        return {"call": call.id}
+
+    def _ring_timed_out(self, call: Call) -> None:
+        call.timer = None
+        self._stats.calls["timeout"] += 1
+        now = _now()
+        self._end_call(call, "timeout", now, server_ts=now)
+
+    def _hang_up_on_leaving(self, user: str) -> None:
+        """End the call of a user whose session ends; only the other party is told."""
+        call = self._user_calls.get(user)
+        if call is not None:
+            if not call.connected:
+                self._stats.calls["cancelled"] += 1
+            now = _now()
+            self._end_call(call, "ended", now, by=user, skip=user, server_ts=now)
+
+    def _end_call(
+        self,
+        call: Call,
+        state: str,
+        ts: float,
+        by: str | None = None,
+        skip: str | None = None,
+        server_ts: float | None = None,
+    ) -> None:
+        if call.timer is not None:
+            call.timer.cancel()
+            call.timer = None
+        del self.calls[call.id]
+        del self._user_calls[call.caller], self._user_calls[call.callee]
+        self._call_event(call, state, ts, by=by, skip=skip, server_ts=server_ts)
+
+    def _call_event(
+        self,
+        call: Call,
+        state: str,
+        ts: float,
+        by: str | None = None,
+        skip: str | None = None,
+        server_ts: float | None = None,
+    ) -> None:
+        event = {
+            "ev": "call",
+            "call": call.id,
+            "state": state,
+            "from": call.caller,
+            "to": call.callee,
+            "ts": ts,
+            "server_ts": _now() if server_ts is None else server_ts,
+        }
+        if by is not None:
+            event["by"] = by
+        frame = _encode(event)
+        for party in (call.caller, call.callee):
+            if party != skip:
+                self._push(party, frame)

@@ -11,9 +11,42 @@ from prometheus_client import CollectorRegistry, MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._config import FAULT_KINDS
+from ._config import BUG_KINDS, FAULT_KINDS
 
-OPS = ("login", "join", "leave", "send", "dm", "read", "history", "time", "logout")
+OPS = (
+    "login",
+    "join",
+    "leave",
+    "send",
+    "dm",
+    "read",
+    "history",
+    "time",
+    "logout",
+    "seat.take",
+    "seat.leave",
+    "seat.lock",
+    "seat.mute",
+    "seat.kick",
+    "seat.invite",
+    "seat.accept",
+    "gift",
+    "danmaku",
+    "settings",
+    "stream.start",
+    "stream.stop",
+    "cohost.request",
+    "cohost.accept",
+    "cohost.reject",
+    "cohost.leave",
+    "pk.invite",
+    "pk.accept",
+    "pk.reject",
+    "call.invite",
+    "call.accept",
+    "call.reject",
+    "call.hangup",
+)
 # Frames that never named a known op are counted under this label, keeping the label set closed.
 INVALID_OP = "invalid"
 ERROR_CODES = (
@@ -26,8 +59,28 @@ ERROR_CODES = (
     "not_member",
     "not_found",
     "too_large",
+    "forbidden",
+    "host_taken",
+    "seat_taken",
+    "seat_locked",
+    "no_free_seat",
+    "already_seated",
+    "not_seated",
+    "no_invite",
+    "not_live",
+    "no_request",
+    "stage_full",
+    "no_host",
+    "pk_busy",
+    "busy",
+    "offline",
+    "no_call",
 )
 MESSAGE_KINDS = ("room", "dm")
+SEAT_CHANGE_KINDS = ("take", "leave", "lock", "unlock", "mute", "unmute", "kick", "accept", "cohost")
+# How each call attempt ended up: answered, refused, unanswered, called off while ringing
+# (hangup or a party gone), or never started because a party was busy.
+CALL_OUTCOMES = ("connected", "rejected", "timeout", "cancelled", "busy")
 
 
 class ServerStats:
@@ -38,7 +91,7 @@ class ServerStats:
     collector reads them at scrape time instead.
     """
 
-    __slots__ = ("requests", "errors", "messages", "deliveries", "faults")
+    __slots__ = ("requests", "errors", "messages", "deliveries", "faults", "bugs", "seat_changes", "gifts", "calls")
 
     def __init__(self) -> None:
         self.requests = dict.fromkeys((*OPS, INVALID_OP), 0)
@@ -46,12 +99,27 @@ class ServerStats:
         self.messages = dict.fromkeys(MESSAGE_KINDS, 0)
         self.deliveries = dict.fromkeys(MESSAGE_KINDS, 0)
         self.faults = dict.fromkeys(FAULT_KINDS, 0)
+        # Exposed with ``faults`` as refserver_injected_faults_total, kept apart because
+        # they break the backend's own invariants rather than message deliveries.
+        self.bugs = dict.fromkeys(BUG_KINDS, 0)
+        self.seat_changes = dict.fromkeys(SEAT_CHANGE_KINDS, 0)
+        self.gifts = 0
+        self.calls = dict.fromkeys(CALL_OUTCOMES, 0)
 
 
 class Gauges:
     """Current-state readings computed when scraped."""
 
-    __slots__ = ("connections", "logged_in_users", "rooms", "outbox_frames")
+    __slots__ = (
+        "connections",
+        "logged_in_users",
+        "rooms",
+        "outbox_frames",
+        "seated_users",
+        "live_streams",
+        "pks",
+        "calls_in_progress",
+    )
 
     def __init__(
         self,
@@ -59,11 +127,19 @@ class Gauges:
         logged_in_users: Callable[[], int],
         rooms: Callable[[], int],
         outbox_frames: Callable[[], int],
+        seated_users: Callable[[], int],
+        live_streams: Callable[[], int],
+        pks: Callable[[], int],
+        calls_in_progress: Callable[[], int],
     ) -> None:
         self.connections = connections
         self.logged_in_users = logged_in_users
         self.rooms = rooms
         self.outbox_frames = outbox_frames
+        self.seated_users = seated_users
+        self.live_streams = live_streams
+        self.pks = pks
+        self.calls_in_progress = calls_in_progress
 
 
 class ServerCollector(Collector):
@@ -85,6 +161,12 @@ class ServerCollector(Collector):
             "Frames queued for writing to connections; growth means slow consumers.",
             value=gauges.outbox_frames(),
         )
+        yield GaugeMetricFamily("refserver_seated_users", "Occupied mic seats, all rooms.", value=gauges.seated_users())
+        yield GaugeMetricFamily("refserver_live_streams", "Rooms whose stream is live.", value=gauges.live_streams())
+        yield GaugeMetricFamily("refserver_pks", "PK battles running (accepted, not ended).", value=gauges.pks())
+        yield GaugeMetricFamily(
+            "refserver_calls_in_progress", "1v1 calls ringing or connected.", value=gauges.calls_in_progress()
+        )
         stats = self._stats
         yield _counter("refserver_requests", "Request frames received, by op.", "op", stats.requests)
         yield _counter("refserver_errors", "Error replies sent, by code.", "code", stats.errors)
@@ -95,7 +177,20 @@ class ServerCollector(Collector):
             "kind",
             stats.deliveries,
         )
-        yield _counter("refserver_injected_faults", "Faults injected on purpose, by kind.", "kind", stats.faults)
+        yield _counter(
+            "refserver_injected_faults",
+            "Faults and bugs injected on purpose, by kind.",
+            "kind",
+            {**stats.faults, **stats.bugs},
+        )
+        yield _counter(
+            "refserver_seat_changes",
+            "Seat changes broadcast as snapshots, by change kind.",
+            "kind",
+            stats.seat_changes,
+        )
+        yield CounterMetricFamily("refserver_gifts", "Gifts accepted and broadcast.", value=stats.gifts)
+        yield _counter("refserver_calls", "1v1 call attempts, by outcome.", "outcome", stats.calls)
 
 
 def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from ._config import FAULT_KINDS, ServerConfig
+from ._config import BUG_KINDS, FAULT_KINDS, ServerConfig
 from ._hub import Connection, Hub, Outbox
 from ._metrics import Gauges, MetricsServer, ServerCollector, ServerStats
 
@@ -49,6 +49,10 @@ class ReferenceServer:
                 logged_in_users=lambda: len(self._hub.sessions) if self._hub else 0,
                 rooms=lambda: self._hub.active_rooms() if self._hub else 0,
                 outbox_frames=lambda: self._hub.queued_frames() if self._hub else 0,
+                seated_users=lambda: self._hub.seated_users() if self._hub else 0,
+                live_streams=lambda: self._hub.live_streams() if self._hub else 0,
+                pks=lambda: len(self._hub.pks) if self._hub else 0,
+                calls_in_progress=lambda: len(self._hub.calls) if self._hub else 0,
             ),
         )
         self.registry.register(self._collector)
@@ -74,6 +78,11 @@ class ReferenceServer:
     def injected(self) -> dict[str, int]:
         """Faults injected so far, by kind (drop, duplicate, reorder, disconnect)."""
         return dict(self._stats.faults)
+
+    @property
+    def injected_bugs(self) -> dict[str, int]:
+        """Bugs injected so far (``--bug``), by kind (seat-double-grant, seat-version-regress, pk-score-skew)."""
+        return dict(self._stats.bugs)
 
     async def start(self) -> tuple[str, int]:
         """Listen, serve metrics if asked, write the port file; return the bound (host, port)."""
@@ -118,7 +127,10 @@ class ReferenceServer:
         if self.config.port_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.config.port_file)
-        counts = " ".join(f"{kind}={self._stats.faults[kind]}" for kind in FAULT_KINDS)
+        counts = " ".join(
+            [f"{kind}={self._stats.faults[kind]}" for kind in FAULT_KINDS]
+            + [f"{kind}={self._stats.bugs[kind]}" for kind in BUG_KINDS]
+        )
         log.info("injected faults: %s", counts)
 
     async def __aenter__(self) -> ReferenceServer:
@@ -139,6 +151,8 @@ class ReferenceServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        if self._hub is not None:
+            self._hub.shutdown()
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.stop)
             self._metrics = None
@@ -149,10 +163,11 @@ class ReferenceServer:
             host, port = self._metrics.address
             metrics = f" (metrics on http://{_url_host(host)}:{port}/metrics)"
         log.info(
-            "reference backend listening on %s%s; %s",
+            "reference backend listening on %s%s; %s; ring timeout %gs",
             self.url.rstrip("/"),
             metrics,
             self.config.describe_faults(),
+            self.config.ring_timeout,
         )
 
     async def _handle(self, ws: ServerConnection) -> None:

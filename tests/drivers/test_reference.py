@@ -4,14 +4,19 @@ import orjson
 
 from loadgen.drivers.base import (
     INBOX,
+    CallUpdate,
     Delivery,
     Failure,
     HistoryResult,
     JoinResult,
     LogoutResult,
     Malformed,
+    PkUpdate,
     Receipt,
     Reply,
+    Seat,
+    SeatChange,
+    SeatSnapshot,
     SendResult,
 )
 from loadgen.drivers.reference import ReferenceDriver
@@ -99,3 +104,55 @@ def test_ack_missing_fields_fails_the_request_instead_of_hanging_it():
     req = d.join("r1")
     [f] = decode(d, {"ev": "ack", "re": req.request_id})
     assert isinstance(f, Failure) and f.request_id == req.request_id and f.code == "malformed_reply"
+
+
+def test_room_operations_carry_their_time_and_fields():
+    """Room and call operations are requests with op, id, ts and their own fields."""
+    d = ReferenceDriver()
+    take = d.room_op("seat.take", "v1", 12.5, seat=3)
+    assert orjson.loads(take.payload) == {"op": "seat.take", "id": take.request_id, "room": "v1", "ts": 12.5, "seat": 3}
+    call = d.call_op("call.invite", 1.0, to="u2")
+    assert orjson.loads(call.payload)["to"] == "u2"
+    join = d.join_room("v1", seats=8, as_host=True)
+    assert orjson.loads(join.payload) == {
+        "op": "join",
+        "id": join.request_id,
+        "room": "v1",
+        "seats": 8,
+        "as_host": True,
+    }
+
+
+def test_join_reply_carries_the_room_state():
+    """A join reply of a room with seats gives host, stream state and the seat snapshot."""
+    d = ReferenceDriver()
+    join = d.join_room("v1", seats=2)
+    state = {"version": 4, "seats": [{"n": 0, "user": "a", "muted": True, "locked": False},
+                                     {"n": 1, "user": None, "muted": False, "locked": True}]}  # fmt: skip
+    [reply] = decode(d, {"ev": "ack", "re": join.request_id, "room": "v1", "head": 0, "members": 2, "host": "h",
+                         "state": state, "live": True, "settings": {}, "recent": []})  # fmt: skip
+    result = reply.result
+    assert (result.host, result.live, result.seats.version) == ("h", True, 4)
+    assert result.seats.seats == (Seat(0, "a", True, False), Seat(1, None, False, True))
+
+
+def test_rtc_pushes_decode_to_their_events():
+    """Seat snapshots, gifts, invitations, PK and call updates decode to typed events."""
+    d = ReferenceDriver()
+    change = {"kind": "take", "seat": 0, "user": "a", "by": "a", "ts": 5.0}
+    [s] = decode(d, {"ev": "seats", "room": "v1", "version": 9, "seats": [{"n": 0, "user": "a"}], "change": change,
+                     "server_ts": 5.1})  # fmt: skip
+    assert s == SeatSnapshot("v1", 9, (Seat(0, "a"),), SeatChange("take", 0, "a", "a", 5.0))
+    [g] = decode(d, {"ev": "gift", "room": "v1", "from": "b", "gift": "rose", "count": 3, "value": 10, "ts": 6.0,
+                     "server_ts": 6.1})  # fmt: skip
+    assert (g.kind, g.sender, g.fields["count"], g.sent_at) == ("gift", "b", 3, 6.0)
+    [i] = decode(
+        d, {"ev": "pk_invite", "pk": "p1", "room": "v1", "target": "v2", "from": "h", "duration": 30, "ts": 7.0}
+    )
+    assert (i.kind, i.room, i.fields["pk"]) == ("pk_invite", "v1", "p1")
+    [p] = decode(d, {"ev": "pk", "pk": "p1", "state": "score", "rooms": ["v1", "v2"], "scores": {"v1": 30, "v2": 0},
+                     "version": 1, "ts": 6.0, "server_ts": 6.2})  # fmt: skip
+    assert p == PkUpdate("p1", "score", ("v1", "v2"), {"v1": 30, "v2": 0}, 1, 6.0)
+    [c] = decode(d, {"ev": "call", "call": "c1", "state": "connected", "from": "a", "to": "b", "ts": 8.0,
+                     "server_ts": 8.3})  # fmt: skip
+    assert c == CallUpdate("c1", "connected", "a", "b", 8.0)

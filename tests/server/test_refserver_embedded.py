@@ -72,3 +72,47 @@ def test_server_imports_nothing_from_the_client_side(timeout):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=3 * timeout)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"bugs": {"seat-teleport": 1.0}},
+        {"bugs": {"pk-score-skew": 2.0}},
+        {"bugs": "pk-score-skew"},
+        {"ring_timeout": 0},
+        {"ring_timeout": float("inf")},
+    ],
+    ids=["bug-kind", "bug-p", "bugs-string", "ring-zero", "ring-inf"],
+)
+def test_config_rejects_invalid_bugs_and_ring_timeouts_naming_them(options):
+    """ServerConfig refuses unknown bug kinds, probabilities outside 0-1 and non-positive ring timeouts."""
+    with pytest.raises(ValueError, match=next(iter(options))):
+        ServerConfig(**options)
+
+
+def test_embedded_server_counts_injected_bugs_apart_from_delivery_faults(timeout):
+    """A bug fired on an embedded server shows in injected_bugs and the registry, not in injected."""
+    registry = CollectorRegistry()
+    server = ReferenceServer(ServerConfig(port=0, bugs={"seat-version-regress": 1.0}), registry=registry)
+
+    async def scenario() -> None:
+        await server.start()
+        async with connect(server.url, proxy=None) as ws:
+            for i, frame in enumerate(
+                [
+                    {"op": "login", "user": "u", "token": "t"},
+                    {"op": "join", "room": "r"},
+                    {"op": "seat.take", "room": "r", "seat": 0, "ts": 0},
+                ]
+            ):
+                await ws.send(orjson.dumps({"id": i, **frame}).decode())
+            replies = [orjson.loads(await asyncio.wait_for(ws.recv(), timeout)) for _ in range(4)]
+            assert [(r["ev"], r.get("version")) for r in replies[2:]] == [("seats", -1), ("ack", 1)]
+        await server.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 3 * timeout))
+    assert server.config.bugs == (("seat-version-regress", 1.0),)
+    assert server.injected_bugs == {"seat-double-grant": 0, "seat-version-regress": 1, "pk-score-skew": 0}
+    assert server.injected == {"drop": 0, "duplicate": 0, "reorder": 0, "disconnect": 0}
+    assert registry.get_sample_value("refserver_injected_faults_total", {"kind": "seat-version-regress"}) == 1
