@@ -24,6 +24,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
+from loadgen import metrics
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
 from loadgen.embedded import BackendStartError, EmbeddedBackend
@@ -53,6 +54,10 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
                                     "counts as lost (default 5)"}),
     ("--drain", {"metavar": "SECONDS", "type": float, "default": None,
                  "help": "at the end, how long to let in-flight messages land (default: the delivery timeout)"}),
+    ("--metrics-port", {"metavar": "PORT", "type": int, "default": None,
+                        "help": "serve this process's Prometheus metrics on PORT (docs/metrics.md; default: off)"}),
+    ("--metrics-host", {"metavar": "ADDRESS", "default": "127.0.0.1",
+                        "help": "address the metrics endpoint listens on (default 127.0.0.1)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
                            "help": "how long an operation may wait for the backend's reply (default 10)"}),
 )  # fmt: skip
@@ -176,6 +181,13 @@ class RunContext:
         events = self.environment.events
         if not self.is_worker:
             self._target_backend()
+        port = getattr(self.options, "metrics_port", None)
+        if port is not None:
+            try:
+                metrics.serve(self, port, self.options.metrics_host)
+            except OSError as exc:
+                log.error("--metrics-port %d: cannot listen on %s: %s", port, self.options.metrics_host, exc.strerror)
+                sys.exit(EXIT_USAGE)
         events.test_start.add_listener(self._on_test_start)
         events.test_stopping.add_listener(self._on_test_stopping)
         events.test_stop.add_listener(self._on_test_stop)

@@ -9,10 +9,11 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
-from tests.support import ROOT, SCALE
+from tests.support import ROOT, SCALE, free_port
 
 STABLE = """
 messaging:
@@ -185,13 +186,15 @@ def test_options_work_from_a_config_file(tmp_path):
 def test_signal_mid_run_still_writes_results(tmp_path, sig):
     """SIGTERM or Ctrl-C during a run drains briefly, writes the summary marked interrupted, and exits."""
     summary = tmp_path / "s.json"
+    metrics_port = free_port()
+    locustfile = str(ROOT / "locustfiles" / "messaging.py")
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "locust",
             "-f",
-            str(ROOT / "locustfiles" / "messaging.py"),
+            locustfile,
             "--headless",
             "-u",
             "20",
@@ -203,6 +206,8 @@ def test_signal_mid_run_still_writes_results(tmp_path, sig):
             str(summary),
             "--results",
             str(tmp_path / "r"),
+            "--metrics-port",
+            str(metrics_port),
         ],  # fmt: skip
         cwd=tmp_path,
         stdout=subprocess.PIPE,
@@ -215,10 +220,12 @@ def test_signal_mid_run_still_writes_results(tmp_path, sig):
         if "All users spawned" in line:
             break
     time.sleep(2)
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     process.send_signal(sig)
     output, _ = process.communicate(timeout=60 * SCALE)
     assert summary.exists(), output
     data = json.loads(summary.read_text())
     assert data["interrupted"] is True
+    assert 'loadgen_messages_total{outcome="delivered",scenario="messaging"}' in scraped
     assert data["messages"]["delivered"] > 0
     assert (tmp_path / "r" / "summary.json").exists()
