@@ -139,14 +139,16 @@ class RunContext:
         self.delivery_timeout = delivery_timeout
         self.backend: EmbeddedBackend | None = None
         self.sessions: set = set()
-        self.user_ids: list[str] = []
-        self._shared: dict[str, object] = {}
         self._begin_test()
         environment.loadgen = self
 
     def _begin_test(self) -> None:
         """Fresh figures for a test: the web UI can stop a test and start another in one process."""
         self.accounting = Accounting(self.delivery_timeout)
+        # users are numbered per test: the population model gives user n the same room and
+        # role in every test, and the first users host the rooms
+        self.user_ids: list[str] = []
+        self._shared: dict[str, object] = {}
         self.draining = False
         self.drained = False
         self.finished = False
