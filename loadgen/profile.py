@@ -64,35 +64,39 @@ STORM_KINDS = ("gift", "seat_churn")
 
 
 @dataclass(frozen=True)
-class VoiceRoomProfile:
+class RoomsProfile:
+    """What voice rooms and live streams share: Zipf-skewed rooms, gifting, chatter, visits, storms."""
+
+    zipf_s: float = knob(1.1, "skew of room popularity (Zipf exponent): 0 is uniform, higher is hotter", 0, 5)
+    hot_rooms: int = knob(2, "the most popular rooms, where storms happen", 1)
+    gift_rate: float = knob(0.5, "gifts per gifter per second", 0)
+    gift_value: int = knob(10, "value of one gift", 0)
+    combo_max: int = knob(5, "largest combo count of a gift (uniform from 1)", 1)
+    danmaku_rate: float = knob(0.5, "danmaku per chatter per second", 0)
+    session_mean: float = knob(120.0, "mean seconds a non-host stays in a room before moving to another", 1)
+    storms: tuple[Storm, ...] = ()
+
+
+@dataclass(frozen=True)
+class VoiceRoomProfile(RoomsProfile):
     """Voice rooms with mic seats: hosts, seat hoppers, gifters, danmaku chatters, listeners."""
 
     rooms: int = knob(20, "voice rooms; the first this many users are their hosts", 1)
-    zipf_s: float = knob(1.1, "skew of room popularity (Zipf exponent): 0 is uniform, higher is hotter", 0, 5)
-    hot_rooms: int = knob(2, "the most popular rooms, where storms happen", 1)
     seats: int = knob(8, "mic seats per room", 1, 16)
     hopper_share: float = knob(0.25, "share of non-host users who contend for seats", 0, 1)
     gifter_share: float = knob(0.15, "share of non-host users who send gifts", 0, 1)
     chatter_share: float = knob(0.15, "share of non-host users who send danmaku (the rest only listen)", 0, 1)
     seat_rate: float = knob(0.3, "seat attempts per hopper per second while unseated", 0)
     hold_mean: float = knob(6.0, "mean seconds a hopper holds a seat (exponential)", 0.1)
-    gift_rate: float = knob(0.5, "gifts per gifter per second", 0)
-    gift_value: int = knob(10, "value of one gift", 0)
-    combo_max: int = knob(5, "largest combo count of a gift (uniform from 1)", 1)
-    danmaku_rate: float = knob(0.5, "danmaku per chatter per second", 0)
-    host_rate: float = knob(0.2, "host actions per second: lock/unlock, kick, invite to a seat", 0)
+    host_rate: float = knob(0.2, "host actions per second: lock/unlock, mute, kick, invite to a seat", 0)
     settings_rate: float = knob(0.02, "voice-effect or background-music changes per seated user per second", 0)
-    session_mean: float = knob(120.0, "mean seconds a non-host stays in a room before moving to another", 1)
-    storms: tuple[Storm, ...] = ()
 
 
 @dataclass(frozen=True)
-class LiveStreamProfile:
+class LiveStreamProfile(RoomsProfile):
     """Live streams: hosts with co-hosts (连麦) and PK, viewers who gift, chat and apply to go on stage."""
 
     rooms: int = knob(10, "live rooms; the first this many users host them", 2)
-    zipf_s: float = knob(1.1, "skew of room popularity (Zipf exponent)", 0, 5)
-    hot_rooms: int = knob(2, "the most popular rooms, where storms happen", 1)
     stage: int = knob(3, "co-host places on a host's stage", 1, 16)
     applicant_share: float = knob(0.2, "share of viewers who apply to co-host", 0, 1)
     gifter_share: float = knob(0.3, "share of viewers who send gifts", 0, 1)
@@ -103,14 +107,8 @@ class LiveStreamProfile:
     pk_rate: float = knob(0.05, "PK invitations per host per second", 0)
     pk_duration: int = knob(10, "PK length in seconds", 1, 600)
     pk_accept_probability: float = knob(0.9, "chance a host accepts a PK invitation", 0, 1)
-    gift_rate: float = knob(0.5, "gifts per gifter per second", 0)
-    gift_value: int = knob(10, "value of one gift", 0)
-    combo_max: int = knob(5, "largest combo count of a gift", 1)
-    danmaku_rate: float = knob(0.5, "danmaku per chatter per second", 0)
     call_host_rate: float = knob(0.002, "per viewer per second: switch to a 1v1 call with the host", 0)
     talk_mean: float = knob(5.0, "mean seconds of a call switched from a stream", 0.1)
-    session_mean: float = knob(120.0, "mean seconds a viewer stays before moving to another room", 1)
-    storms: tuple[Storm, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,6 +121,8 @@ class CallProfile:
     answer_delay: float = knob(0.0, "seconds a callee lets it ring before answering", 0, 60)
     talk_mean: float = knob(10.0, "mean seconds of a call (exponential)", 0.1)
 
+
+SHARED_ROOM_KNOBS = frozenset(f.name for f in dataclasses.fields(RoomsProfile))
 
 #: scenario name -> its section's dataclass
 SECTIONS: dict[str, type] = {
@@ -241,8 +241,10 @@ def reference() -> str:
     """The key tables of docs/profile.md, written from the dataclasses so docs match the code."""
     out = []
     for name, cls in [*SECTIONS.items(), ("storms[]", Storm)]:
+        # the shared knobs read best after each scenario's own
+        fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in SHARED_ROOM_KNOBS)
         out += [f"## `{name}`", "", (cls.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
-        for spec in dataclasses.fields(cls):
+        for spec in fields:
             if spec.name == "storms":
                 out.append("| `storms` | none | a list of storms, each with the keys under `storms[]` |")
                 continue

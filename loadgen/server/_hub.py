@@ -769,6 +769,52 @@ class Hub:
         if room.host is None or room.host != conn.user:
             raise RequestError("forbidden", "Only the room's host may do this.")
 
+    def _seat_request(
+        self,
+        conn: Connection,
+        req: dict[str, Any],
+        extra: tuple[Callable[[dict[str, Any], str], Any], str] | None = None,
+        host: bool = False,
+    ) -> tuple[str, Room, int, Any, float]:
+        """Read ``room``, ``seat``, the ``extra`` field and ``ts``, then check membership, the seat and the host.
+
+        The fields are read in the order the ops list them, so of several bad fields the first
+        is the one the error names.
+        """
+        name = _name(req, "room")
+        n = _int(req, "seat")
+        value = extra[0](req, extra[1]) if extra is not None else None
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_seat(room, n)
+        if host:
+            self._check_host(conn, room)
+        return name, room, n, value, ts
+
+    def _host_request(
+        self, conn: Connection, req: dict[str, Any], extra: str | None = None
+    ) -> tuple[str, Room, Any, float]:
+        """Read ``room``, the name field ``extra`` and ``ts``, then check membership and the host."""
+        name = _name(req, "room")
+        value = _name(req, extra) if extra is not None else None
+        ts = _number(req, "ts")
+        room = self._member_room(conn, name)
+        self._check_host(conn, room)
+        return name, room, value, ts
+
+    @staticmethod
+    def _check_unseated(room: Room, user: str) -> None:
+        if user in room.seated:
+            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
+
+    @staticmethod
+    def _check_vacant(room: Room, n: int) -> None:
+        seat = room.seats[n]
+        if seat.locked:
+            raise RequestError("seat_locked", f"Seat {n} is locked.")
+        if seat.user is not None:
+            raise RequestError("seat_taken", f"Seat {n} is occupied.")
+
     @staticmethod
     def _sit(room: Room, n: int, user: str, cohost: bool = False) -> None:
         seat = room.seats[n]
@@ -818,6 +864,12 @@ class Hub:
         self._broadcast(room, frame)
         return version
 
+    def _seat_ack(
+        self, name: str, room: Room, kind: str, n: int, user: str | None, by: str | None, ts: float
+    ) -> dict[str, Any]:
+        """Broadcast the one change of an acknowledged seat op, and its ``ack``."""
+        return {"room": name, "seat": n, "version": self._seat_change(name, room, kind, n, user, by, ts)}
+
     def _departed(self, name: str, room: Room, user: str) -> None:
         """Tidy up after ``user`` stopped being a member: host role, requests, invites, seat."""
         if room.host == user:
@@ -844,8 +896,7 @@ class Hub:
         assert user is not None
         if wanted is not None:
             self._check_seat(room, wanted)
-        if user in room.seated:
-            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
+        self._check_unseated(room, user)
         if wanted is None:
             n = room.free_seat()
             if n is None:
@@ -861,7 +912,7 @@ class Hub:
                 # The bug: its occupant loses the seat, and no change tells anyone so.
                 self._unseat(room, n)
         self._sit(room, n, user)
-        return {"room": name, "seat": n, "version": self._seat_change(name, room, "take", n, user, user, ts)}
+        return self._seat_ack(name, room, "take", n, user, user, ts)
 
     def _op_seat_leave(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         name = _name(req, "room")
@@ -873,66 +924,38 @@ class Hub:
         if n is None:
             raise RequestError("not_seated", "Not on a seat of this room.")
         self._unseat(room, n)
-        return {"room": name, "seat": n, "version": self._seat_change(name, room, "leave", n, user, user, ts)}
+        return self._seat_ack(name, room, "leave", n, user, user, ts)
 
     def _op_seat_lock(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        n = _int(req, "seat")
-        locked = _bool(req, "locked")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_seat(room, n)
-        self._check_host(conn, room)
+        name, room, n, locked, ts = self._seat_request(conn, req, (_bool, "locked"), host=True)
         seat = room.seats[n]
         removed = self._unseat(room, n) if locked and seat.user is not None else None
         seat.locked = locked
-        kind = "lock" if locked else "unlock"
-        return {"room": name, "seat": n, "version": self._seat_change(name, room, kind, n, removed, conn.user, ts)}
+        return self._seat_ack(name, room, "lock" if locked else "unlock", n, removed, conn.user, ts)
 
     def _op_seat_mute(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        n = _int(req, "seat")
-        muted = _bool(req, "muted")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_seat(room, n)
+        name, room, n, muted, ts = self._seat_request(conn, req, (_bool, "muted"))
         seat = room.seats[n]
         if conn.user != room.host and conn.user != seat.user:
             raise RequestError("forbidden", "Only the seat's occupant or the host may mute it.")
         if seat.user is None:
             raise RequestError("not_seated", f"Seat {n} is empty.")
         seat.muted = muted
-        kind = "mute" if muted else "unmute"
-        return {"room": name, "seat": n, "version": self._seat_change(name, room, kind, n, seat.user, conn.user, ts)}
+        return self._seat_ack(name, room, "mute" if muted else "unmute", n, seat.user, conn.user, ts)
 
     def _op_seat_kick(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        n = _int(req, "seat")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_seat(room, n)
-        self._check_host(conn, room)
+        name, room, n, _, ts = self._seat_request(conn, req, host=True)
         if room.seats[n].user is None:
             raise RequestError("not_seated", f"Seat {n} is empty.")
         kicked = self._unseat(room, n)
-        return {"room": name, "seat": n, "version": self._seat_change(name, room, "kick", n, kicked, conn.user, ts)}
+        return self._seat_ack(name, room, "kick", n, kicked, conn.user, ts)
 
     def _op_seat_invite(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        n = _int(req, "seat")
-        invitee = _name(req, "user")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_seat(room, n)
-        self._check_host(conn, room)
+        name, room, n, invitee, ts = self._seat_request(conn, req, (_name, "user"), host=True)
         target = self.sessions.get(invitee)
         if target is None or name not in target.rooms:
             raise RequestError("not_member", f"User {invitee!r} is not a member of room {name!r}.")
-        seat = room.seats[n]
-        if seat.locked:
-            raise RequestError("seat_locked", f"Seat {n} is locked.")
-        if seat.user is not None:
-            raise RequestError("seat_taken", f"Seat {n} is occupied.")
+        self._check_vacant(room, n)
         timers = room.invites.setdefault(invitee, {})
         previous = timers.get(n)
         if previous is not None:
@@ -950,28 +973,19 @@ class Hub:
                 del room.invites[invitee]
 
     def _op_seat_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        n = _int(req, "seat")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_seat(room, n)
+        name, room, n, _, ts = self._seat_request(conn, req)
         user = conn.user
         assert user is not None
         timers = room.invites.get(user)
         if timers is None or n not in timers:
             raise RequestError("no_invite", f"No pending invite to seat {n}.")
-        if user in room.seated:
-            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
-        seat = room.seats[n]
-        if seat.locked:
-            raise RequestError("seat_locked", f"Seat {n} is locked.")
-        if seat.user is not None:
-            raise RequestError("seat_taken", f"Seat {n} is occupied.")
+        self._check_unseated(room, user)
+        self._check_vacant(room, n)
         timers.pop(n).cancel()
         if not timers:
             del room.invites[user]
         self._sit(room, n, user)
-        return {"room": name, "seat": n, "version": self._seat_change(name, room, "accept", n, user, user, ts)}
+        return self._seat_ack(name, room, "accept", n, user, user, ts)
 
     # Gifts, danmaku and settings
 
@@ -1055,19 +1069,13 @@ class Hub:
         )
 
     def _op_stream_start(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_host(conn, room)
+        name, room, _, ts = self._host_request(conn, req)
         room.live = True
         self._stream_event(name, room, ts)
         return {"room": name}
 
     def _op_stream_stop(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_host(conn, room)
+        name, room, _, ts = self._host_request(conn, req)
         room.live = False
         self._stream_event(name, room, ts)
         room.requests.clear()
@@ -1093,8 +1101,7 @@ class Hub:
             raise RequestError("forbidden", "The host cannot ask to be its own co-host.")
         if not room.live:
             raise RequestError("not_live", f"Room {name!r} is not live.")
-        if user in room.seated:
-            raise RequestError("already_seated", f"Already on seat {room.seated[user]}.")
+        self._check_unseated(room, user)
         # A repeated request replaces the pending one, and goes to the host again.
         room.requests.pop(user, None)
         room.requests[user] = ts
@@ -1102,11 +1109,7 @@ class Hub:
         return {"room": name}
 
     def _op_cohost_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        requester = _name(req, "user")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_host(conn, room)
+        name, room, requester, ts = self._host_request(conn, req, "user")
         if requester not in room.requests:
             raise RequestError("no_request", f"No pending co-host request from {requester!r}.")
         if requester in room.seated:
@@ -1116,15 +1119,10 @@ class Hub:
             raise RequestError("stage_full", "Every seat is occupied or locked.")
         del room.requests[requester]
         self._sit(room, n, requester, cohost=True)
-        version = self._seat_change(name, room, "cohost", n, requester, conn.user, ts)
-        return {"room": name, "seat": n, "version": version}
+        return self._seat_ack(name, room, "cohost", n, requester, conn.user, ts)
 
     def _op_cohost_reject(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        requester = _name(req, "user")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_host(conn, room)
+        name, room, requester, ts = self._host_request(conn, req, "user")
         if room.requests.pop(requester, None) is None:
             raise RequestError("no_request", f"No pending co-host request from {requester!r}.")
         self._push(requester, _encode({"ev": "cohost_rejected", "room": name, "by": conn.user, "ts": ts}))
@@ -1177,11 +1175,7 @@ class Hub:
 
     def _invited_pk(self, conn: Connection, req: dict[str, Any]) -> tuple[str, Pk, float]:
         """The pending PK invite that ``req`` answers, for the host of the invited room."""
-        name = _name(req, "room")
-        pk_id = _name(req, "pk")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
-        self._check_host(conn, room)
+        name, _, pk_id, ts = self._host_request(conn, req, "pk")
         pk = self.pk_invites.get(pk_id)
         if pk is None or pk.rooms[1] != name:
             raise RequestError("no_invite", f"No pending PK invite {pk_id!r} to room {name!r}.")
