@@ -791,15 +791,16 @@ class Hub:
             self._check_host(conn, room)
         return name, room, n, value, ts
 
-    def _host_request(
-        self, conn: Connection, req: dict[str, Any], extra: str | None = None
+    def _room_request(
+        self, conn: Connection, req: dict[str, Any], extra: str | None = None, host: bool = False
     ) -> tuple[str, Room, Any, float]:
-        """Read ``room``, the name field ``extra`` and ``ts``, then check membership and the host."""
+        """Read ``room``, the name field ``extra`` and ``ts``, then check membership and, with ``host``, the host."""
         name = _name(req, "room")
         value = _name(req, extra) if extra is not None else None
         ts = _number(req, "ts")
         room = self._member_room(conn, name)
-        self._check_host(conn, room)
+        if host:
+            self._check_host(conn, room)
         return name, room, value, ts
 
     @staticmethod
@@ -915,9 +916,7 @@ class Hub:
         return self._seat_ack(name, room, "take", n, user, user, ts)
 
     def _op_seat_leave(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
+        name, room, _, ts = self._room_request(conn, req)
         user = conn.user
         assert user is not None
         n = room.seated.get(user)
@@ -1069,13 +1068,13 @@ class Hub:
         )
 
     def _op_stream_start(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name, room, _, ts = self._host_request(conn, req)
+        name, room, _, ts = self._room_request(conn, req, host=True)
         room.live = True
         self._stream_event(name, room, ts)
         return {"room": name}
 
     def _op_stream_stop(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name, room, _, ts = self._host_request(conn, req)
+        name, room, _, ts = self._room_request(conn, req, host=True)
         room.live = False
         self._stream_event(name, room, ts)
         room.requests.clear()
@@ -1092,9 +1091,7 @@ class Hub:
         return {"room": name}
 
     def _op_cohost_request(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name = _name(req, "room")
-        ts = _number(req, "ts")
-        room = self._member_room(conn, name)
+        name, room, _, ts = self._room_request(conn, req)
         user = conn.user
         assert user is not None
         if user == room.host:
@@ -1109,7 +1106,7 @@ class Hub:
         return {"room": name}
 
     def _op_cohost_accept(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name, room, requester, ts = self._host_request(conn, req, "user")
+        name, room, requester, ts = self._room_request(conn, req, "user", host=True)
         if requester not in room.requests:
             raise RequestError("no_request", f"No pending co-host request from {requester!r}.")
         if requester in room.seated:
@@ -1122,7 +1119,7 @@ class Hub:
         return self._seat_ack(name, room, "cohost", n, requester, conn.user, ts)
 
     def _op_cohost_reject(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
-        name, room, requester, ts = self._host_request(conn, req, "user")
+        name, room, requester, ts = self._room_request(conn, req, "user", host=True)
         if room.requests.pop(requester, None) is None:
             raise RequestError("no_request", f"No pending co-host request from {requester!r}.")
         self._push(requester, _encode({"ev": "cohost_rejected", "room": name, "by": conn.user, "ts": ts}))
@@ -1175,7 +1172,7 @@ class Hub:
 
     def _invited_pk(self, conn: Connection, req: dict[str, Any]) -> tuple[str, Pk, float]:
         """The pending PK invite that ``req`` answers, for the host of the invited room."""
-        name, _, pk_id, ts = self._host_request(conn, req, "pk")
+        name, _, pk_id, ts = self._room_request(conn, req, "pk", host=True)
         pk = self.pk_invites.get(pk_id)
         if pk is None or pk.rooms[1] != name:
             raise RequestError("no_invite", f"No pending PK invite {pk_id!r} to room {name!r}.")
@@ -1361,21 +1358,14 @@ class Hub:
             now = _now()
             self._end_call(call, "ended", now, by=user, skip=user, server_ts=now)
 
-    def _end_call(
-        self,
-        call: Call,
-        state: str,
-        ts: float,
-        by: str | None = None,
-        skip: str | None = None,
-        server_ts: float | None = None,
-    ) -> None:
+    def _end_call(self, call: Call, state: str, ts: float, **event: Any) -> None:
+        """Forget ``call`` and send its last event, with ``_call_event``'s options."""
         if call.timer is not None:
             call.timer.cancel()
             call.timer = None
         del self.calls[call.id]
         del self._user_calls[call.caller], self._user_calls[call.callee]
-        self._call_event(call, state, ts, by=by, skip=skip, server_ts=server_ts)
+        self._call_event(call, state, ts, **event)
 
     def _call_event(
         self,

@@ -84,13 +84,19 @@ def test_injected_seat_bugs_are_caught(backend, locust_run, write_profile, bug, 
     assert f"invariant.{kind}" in run.output
 
 
-def test_gift_storm_multiplies_gifts_in_hot_rooms(locust_run, write_profile):
-    """A gift storm in the profile raises the run's gift fan-out well above the same run without it."""
-    storm = BUSY_VOICE + "  storms:\n    - kind: gift\n      at: 2\n      duration: 4\n      multiplier: 10\n"
+def test_storms_multiply_their_activity_in_hot_rooms(locust_run, write_profile):
+    """A gift storm raises gift fan-out and a seat-churn storm raises seat changes, well above a calm run."""
+
+    def storm(kind: str) -> str:
+        return BUSY_VOICE + f"  storms:\n    - kind: {kind}\n      at: 2\n      duration: 4\n      multiplier: 10\n"
+
     calm = locust_run("voiceroom.py", *RUN, "--profile", write_profile(BUSY_VOICE, "calm.yaml"))
-    stormy = locust_run("voiceroom.py", *RUN, "--profile", write_profile(storm, "storm.yaml"))
-    assert stormy.returncode == 0, stormy
-    assert ops(stormy)["gift.fanout"]["count"] > 2 * ops(calm)["gift.fanout"]["count"]
+    gifts = locust_run("voiceroom.py", *RUN, "--profile", write_profile(storm("gift"), "gift.yaml"))
+    seats = locust_run("voiceroom.py", *RUN, "--profile", write_profile(storm("seat_churn"), "seats.yaml"))
+    assert gifts.returncode == 0 and seats.returncode == 0, (gifts, seats)
+    assert ops(gifts)["gift.fanout"]["count"] > 2 * ops(calm)["gift.fanout"]["count"]
+    assert ops(seats)["seat.take"]["count"] > 2 * ops(calm)["seat.take"]["count"]
+    assert violations(gifts)["violations"] == violations(seats)["violations"] == 0
 
 
 def test_live_streams_take_cohosts_and_fight_pks(locust_run, write_profile):

@@ -175,6 +175,19 @@ class Client:
     def login(self, user: str, token: str = "token") -> dict[str, Any]:
         return self.ok("login", user=user, token=token)
 
+    def enter(self, user: str, room: str | None = None, **join: Any) -> Client:
+        """Log in as ``user`` and join ``room`` when one is given; this client, to chain on."""
+        self.login(user)
+        if room is not None:
+            self.ok("join", room=room, **join)
+        return self
+
+    def start_pk(self, room: str, rival: Client, target: str, ts: float, **invite: Any) -> str:
+        """Invite ``target`` from ``room`` (this client hosting it) and have its host ``rival`` accept; the PK's id."""
+        pk = self.ok("pk.invite", room=room, target=target, ts=ts, **invite)["pk"]
+        rival.ok("pk.accept", room=target, pk=pk, ts=ts)
+        return pk
+
     def post(self, room: str, body: str = "hello", cseq: int = 0) -> dict[str, Any]:
         return self.ok("send", room=room, cseq=cseq, ts=time.time(), body=body)
 

@@ -7,14 +7,16 @@ TS = 1764133200.5
 
 def _clients(connect_to, server, room, count, seats=4):
     """Logged-in members u0..u(count-1) of ``room``, u0 its host, the room live."""
-    clients = [connect_to(server.url) for _ in range(count)]
-    for i, c in enumerate(clients):
-        c.login(f"u{i}")
-        c.ok("join", room=room, seats=seats, as_host=i == 0)
+    clients = [connect_to(server.url).enter(f"u{i}", room, seats=seats, as_host=i == 0) for i in range(count)]
     clients[0].ok("stream.start", room=room, ts=TS)
     for c in clients:
         c.fence()
     return clients
+
+
+def _blue_host(connect_to, server):
+    """The host b0 of room blue, the other side of a PK."""
+    return connect_to(server.url).enter("b0", "blue", as_host=True)
 
 
 def _drain(*clients):
@@ -66,11 +68,8 @@ def test_pk_score_skew_adds_one_more_than_the_gifts(spawn, connect_to):
     """With the bug at P=1 each PK score change adds count x value plus one, and each one is counted."""
     server = spawn("--bug", "pk-score-skew", "1")
     red_host, red_viewer = _clients(connect_to, server, "red", 2)
-    blue = connect_to(server.url)
-    blue.login("b0")
-    blue.ok("join", room="blue", as_host=True)
-    pk = red_host.ok("pk.invite", room="red", target="blue", ts=TS)["pk"]
-    blue.ok("pk.accept", room="blue", pk=pk, ts=TS)
+    blue = _blue_host(connect_to, server)
+    red_host.start_pk("red", blue, "blue", TS)
     red_viewer.ok("gift", room="red", gift="rose", count=2, value=10, ts=TS)
     red_viewer.ok("gift", room="red", gift="rose", count=1, value=5, ts=TS)
     scores = [p["scores"] for p in blue.fence() if p["ev"] == "pk" and p["state"] == "score"]
@@ -87,11 +86,8 @@ def test_bugs_at_half_probability_are_counted_exactly_as_observed(spawn, connect
         "--seed", "4",
     )  # fmt: skip
     host, a, b, watcher = _clients(connect_to, server, "r", 4)
-    blue = connect_to(server.url)
-    blue.login("b0")
-    blue.ok("join", room="blue", as_host=True)
-    pk = host.ok("pk.invite", room="r", target="blue", duration=600, ts=TS)["pk"]
-    blue.ok("pk.accept", room="blue", pk=pk, ts=TS)
+    blue = _blue_host(connect_to, server)
+    host.start_pk("r", blue, "blue", TS, duration=600)
     a.ok("seat.take", room="r", seat=0, ts=TS)
     granted = 0
     sitting, taker = a, b
@@ -124,11 +120,8 @@ def test_without_bugs_seats_versions_and_scores_keep_their_invariants(spawn, con
     """With no --bug a take of an occupied seat is seat_taken, versions rise by one, scores equal the gifts."""
     server = spawn("--seed", "4")
     host, a, b, watcher = _clients(connect_to, server, "r", 4)
-    blue = connect_to(server.url)
-    blue.login("b0")
-    blue.ok("join", room="blue", as_host=True)
-    pk = host.ok("pk.invite", room="r", target="blue", duration=600, ts=TS)["pk"]
-    blue.ok("pk.accept", room="blue", pk=pk, ts=TS)
+    blue = _blue_host(connect_to, server)
+    host.start_pk("r", blue, "blue", TS, duration=600)
     a.ok("seat.take", room="r", seat=0, ts=TS)
     for _ in range(20):
         assert b.error("seat.take", room="r", seat=0, ts=TS) == "seat_taken"

@@ -9,20 +9,11 @@ import pytest
 TS = 1764133200.5
 
 
-def _user(open_client, name, room=None, **join):
-    """A logged-in client, a member of ``room`` when one is given."""
-    c = open_client()
-    c.login(name)
-    if room is not None:
-        c.ok("join", room=room, **join)
-    return c
-
-
 def _live_room(open_client, unique):
     """A live room with its host and one viewer: (room, host, host name, viewer)."""
     room, host_name = unique("v"), unique("h")
-    host = _user(open_client, host_name, room, as_host=True)
-    viewer = _user(open_client, unique("m"), room)
+    host = open_client().enter(host_name, room, as_host=True)
+    viewer = open_client().enter(unique("m"), room)
     host.ok("stream.start", room=room, ts=TS)
     host.fence()
     viewer.fence()
@@ -96,10 +87,9 @@ def test_a_pk_between_rooms_sharing_a_member_sends_it_one_copy_and_a_draw_has_no
     """A member of both rooms gets each PK event once, and equal scores end with winner null."""
     red, red_host, _, _ = _live_room(client, unique)
     blue, blue_host, _, _ = _live_room(client, unique)
-    both = _user(client, unique("b"), red)
+    both = client().enter(unique("b"), red)
     both.ok("join", room=blue)
-    pk = red_host.ok("pk.invite", room=red, target=blue, duration=1, ts=TS)["pk"]
-    blue_host.ok("pk.accept", room=blue, pk=pk, ts=TS)
+    red_host.start_pk(red, blue_host, blue, TS, duration=1)
     both.ok("gift", room=red, gift="rose", count=2, value=5, ts=TS)
     both.ok("gift", room=blue, gift="rose", count=1, value=10, ts=TS)
     assert [p["state"] for p in _pk_events(both.fence())] == ["started", "score", "score"]
@@ -125,9 +115,9 @@ def test_pk_refusals(client, unique):
     blue, blue_host, _, _ = _live_room(client, unique)
     green, green_host, _, _ = _live_room(client, unique)
     quiet = unique("v")
-    quiet_host = _user(client, unique("h"), quiet, as_host=True)
+    quiet_host = client().enter(unique("h"), quiet, as_host=True)
     hostless = unique("v")
-    _user(client, unique("m"), hostless)
+    client().enter(unique("m"), hostless)
     assert red_viewer.error("pk.invite", room=red, target=blue, ts=TS) == "forbidden"
     assert quiet_host.error("pk.invite", room=quiet, target=blue, ts=TS) == "not_live"
     assert red_host.error("pk.invite", room=red, target=hostless, ts=TS) == "no_host"
@@ -150,8 +140,7 @@ def test_stopping_a_stream_ends_its_running_pk_at_once(client, unique):
     """stream.stop of either room ends its PK right away for both rooms, with the scores so far."""
     red, red_host, _, _ = _live_room(client, unique)
     blue, blue_host, _, blue_viewer = _live_room(client, unique)
-    pk = red_host.ok("pk.invite", room=red, target=blue, duration=600, ts=TS)["pk"]
-    blue_host.ok("pk.accept", room=blue, pk=pk, ts=TS)
+    pk = red_host.start_pk(red, blue_host, blue, TS, duration=600)
     blue_viewer.ok("gift", room=blue, gift="rose", count=1, value=7, ts=TS)
     red_host.fence()
     blue_viewer.fence()
@@ -168,7 +157,7 @@ def test_stopping_a_stream_ends_its_running_pk_at_once(client, unique):
 def test_call_rings_connects_with_the_invites_ts_and_ends_on_hangup(client, unique):
     """Both parties see ringing, then connected stamped with the invite's ts, then ended naming who hung up."""
     alice_name, bob_name = unique("a"), unique("b")
-    alice, bob = _user(client, alice_name), _user(client, bob_name)
+    alice, bob = client().enter(alice_name), client().enter(bob_name)
     call = alice.ok("call.invite", to=bob_name, room=unique("v"), ts=TS)["call"]
     assert isinstance(call, str)
     [ringing] = alice.fence()
@@ -203,7 +192,7 @@ def test_call_rings_connects_with_the_invites_ts_and_ends_on_hangup(client, uniq
 def test_a_rejected_call_ends_for_both(client, unique):
     """The callee's reject sends rejected to both parties, and only the callee may reject."""
     alice_name, bob_name = unique("a"), unique("b")
-    alice, bob = _user(client, alice_name), _user(client, bob_name)
+    alice, bob = client().enter(alice_name), client().enter(bob_name)
     call = alice.ok("call.invite", to=bob_name, ts=TS)["call"]
     assert alice.error("call.reject", call=call, ts=TS) == "no_call"
     assert alice.error("call.accept", call=call, ts=TS) == "no_call"
@@ -216,7 +205,7 @@ def test_a_rejected_call_ends_for_both(client, unique):
 def test_call_refusals_busy_offline_self_and_unknown(client, unique):
     """Calling oneself is bad_request, an offline user offline, a party in a call or ringing busy, others no_call."""
     alice_name, bob_name, carol_name = unique("a"), unique("b"), unique("c")
-    alice, bob, carol = _user(client, alice_name), _user(client, bob_name), _user(client, carol_name)
+    alice, bob, carol = client().enter(alice_name), client().enter(bob_name), client().enter(carol_name)
     assert alice.error("call.invite", to=alice_name, ts=TS) == "bad_request"
     assert alice.error("call.invite", to=unique("offline"), ts=TS) == "offline"
     assert alice.error("call.invite", to=bob_name) == "bad_request"
@@ -235,7 +224,7 @@ def test_call_refusals_busy_offline_self_and_unknown(client, unique):
 def test_a_party_disconnecting_ends_the_call_for_the_other(client, unique, timeout):
     """When a party's connection goes away, the other gets ended naming it, and is free for a new call."""
     alice_name, bob_name = unique("a"), unique("b")
-    alice, bob = _user(client, alice_name), _user(client, bob_name)
+    alice, bob = client().enter(alice_name), client().enter(bob_name)
     call = alice.ok("call.invite", to=bob_name, ts=TS)["call"]
     bob.ok("call.accept", call=call, ts=TS)
     alice.fence()
@@ -243,7 +232,7 @@ def test_a_party_disconnecting_ends_the_call_for_the_other(client, unique, timeo
     ended = _wait_for(alice, "call", timeout)
     assert (ended["call"], ended["state"], ended["by"]) == (call, "ended", bob_name)
     assert ended["ts"] == ended["server_ts"]
-    other = _user(client, bob_name)
+    other = client().enter(bob_name)
     assert alice.ok("call.invite", to=bob_name, ts=TS)["call"] != call
     other.ok("logout")
     ended = _wait_for(alice, "call", timeout, state="ended")
@@ -253,7 +242,7 @@ def test_a_party_disconnecting_ends_the_call_for_the_other(client, unique, timeo
 def test_an_unanswered_call_times_out_after_the_ring_timeout(spawn, connect_to, timeout):
     """With --ring-timeout 0.5 an unanswered call ends with timeout for both after about half a second."""
     server = spawn("--ring-timeout", "0.5")
-    alice, bob = _user(lambda: connect_to(server.url), "alice"), _user(lambda: connect_to(server.url), "bob")
+    alice, bob = connect_to(server.url).enter("alice"), connect_to(server.url).enter("bob")
     started = time.monotonic()
     call = alice.ok("call.invite", to="bob", ts=TS)["call"]
     for c in (alice, bob):

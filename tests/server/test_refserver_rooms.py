@@ -8,25 +8,16 @@ from websockets.exceptions import ConnectionClosed
 TS = 1764133200.5
 
 
-def _user(open_client, name, room=None, **join):
-    """A logged-in client, a member of ``room`` when one is given."""
-    c = open_client()
-    c.login(name)
-    if room is not None:
-        c.ok("join", room=room, **join)
-    return c
-
-
 def _room(client, unique, members=2, seats=None):
     """A fresh room with a host and ``members`` other members: (room, host, host name, [(client, name)])."""
     room = unique("v")
     host_name = unique("h")
     join = {"as_host": True} if seats is None else {"as_host": True, "seats": seats}
-    host = _user(client, host_name, room, **join)
+    host = client().enter(host_name, room, **join)
     others = []
     for _ in range(members):
         name = unique("m")
-        others.append((_user(client, name, room), name))
+        others.append((client().enter(name, room), name))
     return room, host, host_name, others
 
 
@@ -55,7 +46,7 @@ def test_join_returns_the_room_state_and_the_last_20_messages(client, unique):
     assert ack["recent"] == []
     for i in range(25):
         host.post(room, body=f"m{i + 1}", cseq=i + 1)
-    late = _user(client, unique("m"))
+    late = client().enter(unique("m"))
     ack = late.ok("join", room=room, seats=12)
     assert (ack["head"], ack["host"], len(ack["state"]["seats"])) == (25, host_name, 4)
     assert [(m["ev"], m["seq"], m["body"]) for m in ack["recent"]] == [("msg", i, f"m{i}") for i in range(6, 26)]
@@ -64,7 +55,7 @@ def test_join_returns_the_room_state_and_the_last_20_messages(client, unique):
 
 def test_join_defaults_to_eight_seats_and_rejects_bad_seat_counts(client, unique):
     """A room created without seats has 8; seats outside 1-16 or a non-boolean as_host is bad_request."""
-    c = _user(client, unique("u"))
+    c = client().enter(unique("u"))
     assert len(c.ok("join", room=unique("v"))["state"]["seats"]) == 8
     assert len(c.ok("join", room=unique("v"), seats=16)["state"]["seats"]) == 16
     for fields in ({"seats": 0}, {"seats": 17}, {"seats": "8"}, {"as_host": 1}):
@@ -74,7 +65,7 @@ def test_join_defaults_to_eight_seats_and_rejects_bad_seat_counts(client, unique
 def test_host_role_is_refused_while_taken_and_freed_when_the_host_leaves(client, unique):
     """join as_host is host_taken (and no membership) while another user hosts; after the host leaves anyone can."""
     room, host, host_name, [(member, member_name)] = _room(client, unique, members=1)
-    rival = _user(client, unique("r"))
+    rival = client().enter(unique("r"))
     assert rival.error("join", room=room, as_host=True) == "host_taken"
     assert rival.error("danmaku", room=room, text="hi", ts=TS) == "not_member"
     assert member.error("join", room=room, as_host=True) == "host_taken"
@@ -183,7 +174,7 @@ def test_seat_refusals_keep_the_state_and_the_connection(client, unique):
 def test_non_members_get_not_member_for_every_room_op(client, unique):
     """A user outside the room is refused with not_member, and a seat request of theirs gets no seat."""
     room, host, _, [(alice, alice_name)] = _room(client, unique, members=1)
-    outsider = _user(client, unique("o"))
+    outsider = client().enter(unique("o"))
     for op, fields in [
         ("seat.take", {"seat": 0}),
         ("seat.take", {}),
@@ -311,7 +302,7 @@ def test_seat_invite_and_accept_refusals(client, unique):
     """Invites to taken or locked seats or non-members are refused; accept re-checks the seat and the invitee."""
     room, host, _, [(alice, alice_name), (bob, bob_name)] = _room(client, unique, seats=4)
     outsider_name = unique("o")
-    _user(client, outsider_name)
+    client().enter(outsider_name)
     bob.ok("seat.take", room=room, seat=0, ts=TS)
     host.ok("seat.lock", room=room, seat=1, locked=True, ts=TS)
     assert host.error("seat.invite", room=room, seat=0, user=alice_name, ts=TS) == "seat_taken"
