@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
@@ -159,6 +160,10 @@ class RunContext:
         self.users_peak = 0
         self.cpu_max_percent = 0.0
         self.rss_max_bytes = 0
+        self.run_id = uuid.uuid4().hex[:12]
+        self.users: set = set()
+        self.close_codes: Counter[int] = Counter()
+        self.loop_lag_seconds = 0.0
         self.connections: Counter[str] = Counter()
         self.connect_errors: Counter[str] = Counter()
         self.receipts = 0
@@ -271,7 +276,10 @@ class RunContext:
         """Once a second: expire holes, feed Locust's table, watch the generator itself."""
         runner = self.environment.runner
         while True:
+            asked = time.monotonic()
             gevent.sleep(1.0)
+            # how late the hub woke us: a generator starved for CPU shows here first
+            self.loop_lag_seconds = max(time.monotonic() - asked - 1.0, 0.0)
             self.accounting.expire()
             self.flush_to_locust()
             stale = time.monotonic() - 120
@@ -332,6 +340,12 @@ class RunContext:
         self.violations[kind] += 1
         log.warning("Invariant broken: %s: %s", kind, evidence)
         self.fire(INVARIANT, f"invariant.{kind}", None, InvariantViolation(evidence))
+
+    def seats_held(self) -> int:
+        return sum(1 for user in self.users for view in getattr(user, "views", {}).values() if view.my_seat is not None)
+
+    def calls_in_progress(self) -> int:
+        return len({call for user in self.users if (call := getattr(user, "current_call", None))})
 
     def shared(self, key: str, factory):
         """One object per run for ``key`` (a population table, a list of callees), made on first use."""

@@ -110,6 +110,7 @@ class Session:
         on_malformed: Callable[[Malformed], None] | None = None,
         on_dropped: Callable[[], None] | None = None,
         on_event: Callable[[object], None] | None = None,
+        on_closed: Callable[[int | None], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.url = url
@@ -127,6 +128,7 @@ class Session:
         self.on_malformed = on_malformed
         self.on_dropped = on_dropped
         self.on_event = on_event
+        self.on_closed = on_closed
         self.log = logger or log
         self.user: str | None = None
         self.rooms: set[str] = set()
@@ -339,6 +341,8 @@ class Session:
             # the heads at the break are unknown: windows end at what was seen
             self.receiver.close_all(None)
         self.dropped = not self._closing
+        if self.on_closed is not None:
+            self.on_closed(closed.code)
         if self.dropped:
             self.log.info("connection of %s dropped: code %s %s", self.user, closed.code, closed.reason)
             if self.on_dropped is not None:

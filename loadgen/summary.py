@@ -30,6 +30,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
     data = {
         "schema": SCHEMA_VERSION,
         "scenario": context.scenario,
+        "run_id": context.run_id,
         "host": context.environment.host,
         "profile": context.profile.path,
         "started": None if started is None else _iso(started),
@@ -53,6 +54,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
             "dropped": context.connections["dropped"],
             "reconnects": context.connections["reconnects"],
             "connect_errors": dict(context.connect_errors),
+            "close_codes": {str(code): n for code, n in sorted(context.close_codes.items())},
         },
         "receipts": context.receipts,
         "malformed_frames": context.malformed,

@@ -97,6 +97,7 @@ class RealtimeUser(User):
         self._reactions: deque[Callable[[], None]] = deque()
         self._wake = Event()
         self.log = log.getChild(self.user_id)
+        self.run_context.users.add(self)
 
     # -- what subclasses provide ------------------------------------------------------
 
@@ -141,6 +142,7 @@ class RealtimeUser(User):
             pass
 
     def on_stop(self) -> None:
+        self.run_context.users.discard(self)
         session = self.session
         if session is not None:
             self.run_context.sessions.discard(session)
@@ -160,6 +162,7 @@ class RealtimeUser(User):
             on_malformed=self._on_malformed,
             on_dropped=self._on_dropped,
             on_event=self._on_event,
+            on_closed=self._on_closed,
             logger=self.log,
         )
         self.session = session
@@ -272,6 +275,9 @@ class RealtimeUser(User):
             self.on_call(event)
         elif isinstance(event, Invitation):
             self.react(lambda: self.on_invitation(event))
+
+    def _on_closed(self, code: int | None) -> None:
+        self.run_context.close_codes[code if code is not None else 1006] += 1
 
     def _on_dropped(self) -> None:
         self.run_context.connections["dropped"] += 1
