@@ -1,19 +1,24 @@
 """Prometheus metrics of a generator process: every name in one place, read from the run at scrape time.
 
 Nothing is counted twice: the collector reads the run's own figures (accounting, broken
-invariants, connections) when Prometheus scrapes, so the numbers on a dashboard are the
-numbers in the summary. ``--metrics-port`` serves them; tests read them from an injected
-registry.
+invariants, connections, live sessions) when Prometheus scrapes, so the numbers on a
+dashboard are the numbers in the summary. Even the histograms are the summary's HDR
+histograms, folded into Prometheus buckets at each scrape. ``--metrics-port`` serves them;
+tests read them from an injected registry.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
+from bisect import bisect_right
 from collections.abc import Iterator
 
+from hdrh.histogram import HdrHistogram
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger("loadgen.metrics")
 
@@ -24,19 +29,129 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Messages by end-to-end outcome: sent, delivered, lost, duplicated, out_of_order, recovered.",
         ("scenario", "outcome"),
     ),
+    "loadgen_delivery_latency_seconds": (
+        "histogram",
+        "End-to-end latency of delivered messages, sender's send to receiver's receipt.",
+        ("scenario",),
+    ),
+    "loadgen_operations": (
+        "counter",
+        "Client operations and fan-out receptions by name, failures and refusals included.",
+        ("scenario", "op"),
+    ),
+    "loadgen_operation_failures": ("counter", "Failed client operations by name.", ("scenario", "op")),
+    "loadgen_operation_refusals": (
+        "counter",
+        "Operations the backend refused as an expected outcome (a seat taken, a busy callee), by reason.",
+        ("scenario", "op", "reason"),
+    ),
+    "loadgen_operation_duration_seconds": (
+        "histogram",
+        "Duration of successful operations, and delay of fan-outs such as seat.fanout; "
+        "failures and refusals are not timed.",
+        ("scenario", "op"),
+    ),
     "loadgen_invariant_violations": (
         "counter",
         "Backend invariants broken as clients saw them, by kind, each breach counted once.",
         ("scenario", "kind"),
     ),
-    "loadgen_operations": ("counter", "Client operations by name, failures included.", ("scenario", "op")),
-    "loadgen_operation_failures": ("counter", "Failed client operations by name.", ("scenario", "op")),
     "loadgen_connections_opened": ("counter", "WebSocket connections opened.", ("scenario",)),
     "loadgen_connections_dropped": ("counter", "Connections the backend or the network cut.", ("scenario",)),
+    "loadgen_reconnects": ("counter", "Reconnections after a dropped connection.", ("scenario",)),
+    "loadgen_close_codes": (
+        "counter",
+        "Connections closed, by WebSocket close code (1006: closed without a close frame).",
+        ("scenario", "code"),
+    ),
     "loadgen_users": ("gauge", "Users running in this process.", ("scenario",)),
+    "loadgen_open_connections": ("gauge", "Sessions whose WebSocket is open now.", ("scenario",)),
+    "loadgen_rooms_joined": ("gauge", "Room memberships of the open sessions, summed.", ("scenario",)),
+    "loadgen_seats_held": ("gauge", "Mic seats this process's users occupy now.", ("scenario",)),
+    "loadgen_calls_in_progress": ("gauge", "1v1 calls this process's users are in now.", ("scenario",)),
+    "loadgen_process_cpu_percent": (
+        "gauge",
+        "CPU use of this generator process, percent of one core, as Locust samples it every 10 s.",
+        ("scenario",),
+    ),
+    "loadgen_process_resident_memory_bytes": (
+        "gauge",
+        "Resident memory of this generator process, as Locust samples it every 10 s.",
+        ("scenario",),
+    ),
+    "loadgen_event_loop_lag_seconds": (
+        "gauge",
+        "How late gevent's hub last woke a one-second timer; a CPU-starved generator shows here first.",
+        ("scenario",),
+    ),
+    "loadgen_run_info": (
+        "gauge",
+        "Always 1; labels name the run: scenario, profile file, run id.",
+        ("scenario", "profile", "run_id"),
+    ),
 }
 
 OUTCOMES = ("sent", "delivered", "lost", "duplicated", "out_of_order", "recovered")
+
+#: upper bounds of the duration histograms' buckets, seconds (+Inf is implied)
+BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.6, 1.0, 2.0, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BOUNDS_US = tuple(round(bound * 1e6) for bound in BUCKETS)
+_LE = tuple(floatToGoString(bound) for bound in BUCKETS)
+
+
+class _Layout:
+    """Where the buckets fall in the counts array of every HDR histogram of one configuration.
+
+    An HDR histogram keeps one counter per slot of equivalent values (exact below 2048 µs at
+    three significant digits, 0.1 % wide above). Slots are ordered by value, so "values <=
+    bound" is a prefix of the array: ``cuts[k]`` slots whose lowest value is <= bound ``k``.
+    ``middles`` is each slot's middle value, which hdrh's own mean uses.
+    """
+
+    __slots__ = ("lowest", "middles", "cuts")
+
+    def __init__(self, histogram: HdrHistogram) -> None:
+        self.lowest = [histogram.get_value_from_index(i) for i in range(histogram.counts_len)]
+        self.middles = [low + (histogram.get_highest_equivalent_value(low) - low + 1) // 2 for low in self.lowest]
+        self.cuts = [bisect_right(self.lowest, bound) for bound in _BOUNDS_US]
+
+
+_layouts: dict[tuple[int, int, int], _Layout] = {}
+
+
+def _layout(histogram: HdrHistogram) -> _Layout:
+    key = (histogram.lowest_trackable_value, histogram.highest_trackable_value, histogram.significant_figures)
+    layout = _layouts.get(key)
+    if layout is None:
+        layout = _layouts[key] = _Layout(histogram)
+    return layout
+
+
+def hdr_buckets(histogram: HdrHistogram) -> tuple[list[tuple[str, int]], float]:
+    """Cumulative Prometheus buckets and the sum in seconds of an HDR histogram of microseconds.
+
+    A bucket counts the recorded values whose HDR slot starts at or below its bound: exact
+    below 2048 µs; above, a value less than 0.1 % over a bound may share the bound's slot and
+    then counts in that bucket. The sum is hdrh's mean times the count (slot middles).
+
+    The counts array is read once, as a list, up to the largest recorded value. hdrh's
+    recorded-value iterator would walk all ~23,500 slots in Python on every call (tens of
+    milliseconds per histogram, with the gevent hub blocked), and ``get_mean_value`` a second time.
+    """
+    layout = _layout(histogram)
+    top = bisect_right(layout.lowest, histogram.get_max_value()) if histogram.get_total_count() else 0
+    counts = histogram.counts[:top]
+    buckets: list[tuple[str, int]] = []
+    cumulative = start = 0
+    for le, cut in zip(_LE, layout.cuts, strict=True):
+        cumulative += sum(counts[start:cut])
+        start = cut
+        buckets.append((le, cumulative))
+    total = cumulative + sum(counts[start:])
+    buckets.append(("+Inf", total))
+    return buckets, sum(map(operator.mul, counts, layout.middles)) / 1e6
 
 
 class RunCollector(Collector):
@@ -45,46 +160,91 @@ class RunCollector(Collector):
     def __init__(self, context) -> None:
         self.context = context
 
-    def _family(self, name: str) -> CounterMetricFamily | GaugeMetricFamily:
+    def _family(self, name: str) -> CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily:
         kind, help_text, labels = METRICS[name]
-        cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+        cls = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily, "histogram": HistogramMetricFamily}[kind]
         return cls(name, help_text, labels=list(labels))
+
+    def _single(self, name: str, value: float) -> GaugeMetricFamily | CounterMetricFamily:
+        family = self._family(name)
+        family.add_metric([self.context.scenario], value)
+        return family
 
     def collect(self) -> Iterator[Metric]:
         context = self.context
         scenario = context.scenario
-        counts = context.accounting.counts
+        accounting = context.accounting
+        counts = accounting.counts
         messages = self._family("loadgen_messages")
         for outcome in OUTCOMES:
             messages.add_metric([scenario, outcome], getattr(counts, outcome))
         yield messages
+        latency = self._family("loadgen_delivery_latency_seconds")
+        latency.add_metric([scenario], *hdr_buckets(accounting.latency))
+        yield latency
+
+        operations = self._family("loadgen_operations")
+        failures = self._family("loadgen_operation_failures")
+        refusals = self._family("loadgen_operation_refusals")
+        durations = self._family("loadgen_operation_duration_seconds")
+        for op, stats in sorted(accounting.operations.items()):
+            operations.add_metric([scenario, op], stats.count)
+            failures.add_metric([scenario, op], stats.failures)
+            for reason, count in sorted(stats.refusals.items()):
+                refusals.add_metric([scenario, op, reason], count)
+            durations.add_metric([scenario, op], *hdr_buckets(stats.histogram))
+        yield from (operations, failures, refusals, durations)
+
         violations = self._family("loadgen_invariant_violations")
         for kind, count in sorted(context.violations.items()):
             violations.add_metric([scenario, kind], count)
         yield violations
-        operations = self._family("loadgen_operations")
-        failures = self._family("loadgen_operation_failures")
-        for op, stats in sorted(context.accounting.operations.items()):
-            operations.add_metric([scenario, op], stats.count)
-            failures.add_metric([scenario, op], stats.failures)
-        yield operations
-        yield failures
-        opened = self._family("loadgen_connections_opened")
-        opened.add_metric([scenario], context.connections["opened"])
-        yield opened
-        dropped = self._family("loadgen_connections_dropped")
-        dropped.add_metric([scenario], context.connections["dropped"])
-        yield dropped
-        users = self._family("loadgen_users")
+        connections = context.connections
+        yield self._single("loadgen_connections_opened", connections["opened"])
+        yield self._single("loadgen_connections_dropped", connections["dropped"])
+        yield self._single("loadgen_reconnects", connections["reconnects"])
+        close_codes = self._family("loadgen_close_codes")
+        for code, count in sorted(getattr(context, "close_codes", {}).items()):
+            close_codes.add_metric([scenario, str(code)], count)
+        yield close_codes
+
         runner = context.environment.runner
-        users.add_metric([scenario], 0 if runner is None else runner.user_count)
-        yield users
+        alive = [session for session in context.sessions if session.alive]
+        yield self._single("loadgen_users", 0 if runner is None else runner.user_count)
+        yield self._single("loadgen_open_connections", len(alive))
+        yield self._single("loadgen_rooms_joined", sum(len(session.rooms) for session in alive))
+        yield self._single("loadgen_seats_held", getattr(context, "seats_held", lambda: 0)())
+        yield self._single("loadgen_calls_in_progress", getattr(context, "calls_in_progress", lambda: 0)())
+        yield self._single("loadgen_process_cpu_percent", 0.0 if runner is None else runner.current_cpu_usage)
+        yield self._single(
+            "loadgen_process_resident_memory_bytes", 0 if runner is None else runner.current_memory_usage
+        )
+        yield self._single("loadgen_event_loop_lag_seconds", getattr(context, "loop_lag_seconds", 0.0))
+        info = self._family("loadgen_run_info")
+        info.add_metric([scenario, context.profile.path or "", getattr(context, "run_id", "")], 1)
+        yield info
 
 
 def registry_for(context) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(RunCollector(context))
     return registry
+
+
+#: where a process serves /metrics when --metrics-port is not given
+DEFAULT_PORT = 9646
+
+
+def metrics_port(base: int | None, worker_index: int | None) -> int | None:
+    """The port a process serves metrics on, given ``--metrics-port`` and Locust's worker index.
+
+    A standalone or master process (no worker index) serves on ``base``; worker ``n``
+    (Locust numbers them from 0) on ``base + n + 1``, so one flag shared by every process of
+    a distributed run gives each its own port. ``None`` (no ``--metrics-port``) stays off.
+    """
+    if base is None:
+        return None
+    return base if worker_index is None else base + worker_index + 1
 
 
 def serve(context, port: int, host: str = "127.0.0.1"):

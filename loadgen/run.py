@@ -56,7 +56,8 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
     ("--drain", {"metavar": "SECONDS", "type": float, "default": None,
                  "help": "at the end, how long to let in-flight messages land (default: the delivery timeout)"}),
     ("--metrics-port", {"metavar": "PORT", "type": int, "default": None,
-                        "help": "serve this process's Prometheus metrics on PORT (docs/metrics.md; default: off)"}),
+                        "help": "serve Prometheus metrics on PORT, workers on PORT + index + 1 (default 9646; "
+                                "0 turns it off; docs/metrics.md)"}),
     ("--metrics-host", {"metavar": "ADDRESS", "default": "127.0.0.1",
                         "help": "address the metrics endpoint listens on (default 127.0.0.1)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
@@ -188,18 +189,31 @@ class RunContext:
         events = self.environment.events
         if not self.is_worker:
             self._target_backend()
-        port = getattr(self.options, "metrics_port", None)
-        if port is not None:
-            try:
-                metrics.serve(self, port, self.options.metrics_host)
-            except OSError as exc:
-                log.error("--metrics-port %d: cannot listen on %s: %s", port, self.options.metrics_host, exc.strerror)
-                sys.exit(EXIT_USAGE)
+        self._serve_metrics()
         events.test_start.add_listener(self._on_test_start)
         events.test_stopping.add_listener(self._on_test_stopping)
         events.test_stop.add_listener(self._on_test_stop)
         events.quitting.add_listener(self._on_quitting)
         events.quit.add_listener(self._on_quit)
+
+    def _serve_metrics(self) -> None:
+        """Every process serves /metrics; a worker on base + index + 1 so local workers never collide."""
+        chosen = getattr(self.options, "metrics_port", None)
+        if chosen == 0 or self.options is None:
+            return
+        base = metrics.DEFAULT_PORT if chosen is None else chosen
+        runner = self.environment.runner
+        port = metrics.metrics_port(base, runner.worker_index if self.is_worker else None)
+        host = self.options.metrics_host
+        try:
+            metrics.serve(self, port, host)
+        except OSError as exc:
+            if chosen is None:
+                # the default port being busy must not stop a run that never asked for metrics
+                log.warning("Metrics off: the default port %d on %s is busy (%s)", port, host, exc.strerror)
+                return
+            log.error("--metrics-port %d: cannot listen on %s: %s", port, host, exc.strerror)
+            sys.exit(EXIT_USAGE)
 
     def _target_backend(self) -> None:
         if not self.environment.host:
