@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 def build_parser() -> argparse.ArgumentParser:
     from loadgen.server import add_serve_arguments
+    from loadgen.slo import add_rules_arguments
 
     parser = argparse.ArgumentParser(
         prog="loadgen",
@@ -26,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         "count every injected fault in refserver_injected_faults_total{kind}.",
     )
     add_serve_arguments(serve)
+    rules = commands.add_parser(
+        "rules",
+        help="write Prometheus recording and alerting rules for an SLO file",
+        description="Write Prometheus recording and alerting rules for the thresholds of an SLO file "
+        "(docs/slo.md), for long soaks watched by Prometheus and Alertmanager.",
+    )
+    add_rules_arguments(rules)
     commands.add_parser(
         "options",
         help="list the options the toolkit adds to `locust` (Locust prints --help before reading a locustfile)",
@@ -53,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadgen.server import serve
 
         return serve(args)
+    if args.command == "rules":
+        from loadgen.slo import rules_command
+
+        return rules_command(args)
     if args.command == "options":
         sys.stdout.write(run_options_help())
         return 0

@@ -89,6 +89,11 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Always 1; labels name the run: scenario, profile file, run id.",
         ("scenario", "profile", "run_id"),
     ),
+    "loadgen_slo_check_passed": (
+        "gauge",
+        "1 while an SLO check passes on the figures so far, 0 when it fails (master or standalone, with --slo).",
+        ("scenario", "check"),
+    ),
 }
 
 OUTCOMES = ("sent", "delivered", "lost", "duplicated", "out_of_order", "recovered")
@@ -223,6 +228,10 @@ class RunCollector(Collector):
         info = self._family("loadgen_run_info")
         info.add_metric([scenario, context.profile.path or "", getattr(context, "run_id", "")], 1)
         yield info
+        checks = self._family("loadgen_slo_check_passed")
+        for result in getattr(context, "slo_results", ()):
+            checks.add_metric([scenario, result.name], 1 if result.passed else 0)
+        yield checks
 
 
 def registry_for(context) -> CollectorRegistry:

@@ -26,6 +26,7 @@ from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
 from loadgen import metrics
+from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
 from loadgen.embedded import BackendStartError, EmbeddedBackend
@@ -60,6 +61,8 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
                                 "0 turns it off; docs/metrics.md)"}),
     ("--metrics-host", {"metavar": "ADDRESS", "default": "127.0.0.1",
                         "help": "address the metrics endpoint listens on (default 127.0.0.1)"}),
+    ("--slo", {"metavar": "PATH", "default": None,
+               "help": "SLO file: the run passes (exit 0) or fails (exit 1) by it, and can stop early (docs/slo.md)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
                            "help": "how long an operation may wait for the backend's reply (default 10)"}),
 )  # fmt: skip
@@ -131,7 +134,9 @@ class RunContext:
             if options is not None and options.delivery_timeout <= 0:
                 raise ProfileError("--delivery-timeout", None, "", "must be a positive number of seconds")
             self.profile = load_profile(profile_path(getattr(options, "profile", None)))
-        except ProfileError as exc:
+            slo_path = getattr(options, "slo", None)
+            self.slo = None if slo_path is None else slo_module.load_slo(slo_path)
+        except (ProfileError, slo_module.SloError) as exc:
             log.error("%s", exc)
             sys.exit(EXIT_USAGE)
         delivery_timeout = getattr(options, "delivery_timeout", 5.0)
@@ -172,6 +177,9 @@ class RunContext:
         self.clock_uncertainty: float | None = None
         self._greenlets: list[gevent.Greenlet] = []
         self._reported = {"duplicated": 0, "out_of_order": 0}
+        self.slo_results: list = []
+        self.aborted: str | None = None
+        self.final_exit_code: int | None = None
         self.violations: Counter[str] = Counter()
         self._violations_seen: set[tuple] = set()
         self._calls: dict[str, dict] = {}
@@ -299,10 +307,24 @@ class RunContext:
             stale = time.monotonic() - 120
             for call in [c for c, entry in self._calls.items() if entry["opened"] < stale]:
                 del self._calls[call]
+            self._judge_live()
             if runner is not None:
                 self.users_peak = max(self.users_peak, runner.user_count)
                 self.cpu_max_percent = max(self.cpu_max_percent, runner.current_cpu_usage)
                 self.rss_max_bytes = max(self.rss_max_bytes, runner.current_memory_usage)
+
+    def _judge_live(self) -> None:
+        """Evaluate the SLO on the figures so far; a failed abort_on_fail check past its grace stops the run."""
+        if self.slo is None or self.is_worker or self.aborted is not None:
+            return
+        self.slo_results = slo_module.evaluate(self.slo, summary_module.build(self, 0))
+        elapsed = time.monotonic() - (self.started_mono or time.monotonic())
+        breached = slo_module.aborting(self.slo_results, elapsed)
+        if breached:
+            self.aborted = ", ".join(result.name for result in breached)
+            log.error("SLO breached, stopping the run: %s", self.aborted)
+            # from its own greenlet: quitting ends this housekeeping greenlet
+            gevent.spawn(self.environment.runner.quit)
 
     def flush_to_locust(self) -> None:
         stats = self.environment.stats
@@ -458,8 +480,7 @@ class RunContext:
             greenlet.kill(block=False)
         if self.is_worker:
             return
-        code = self._exit_code()
-        self._write_results(code if code is not None else self._locust_exit_code())
+        self._write_results(self._exit_code())
 
     def _on_quitting(self, environment: Environment, **_kwargs) -> None:
         if self.is_worker:
@@ -469,9 +490,8 @@ class RunContext:
             self.interrupted = True
             self.drain(min(self.drain_seconds, 2.0))
             self.finish()
-        code = self._exit_code()
-        if code is not None:
-            environment.process_exit_code = code
+        if self.final_exit_code is not None and (self.slo is not None or self.final_exit_code == EXIT_UNREACHABLE):
+            environment.process_exit_code = self.final_exit_code
 
     def _on_quit(self, **_kwargs) -> None:
         if self.backend is not None:
@@ -500,8 +520,20 @@ class RunContext:
         stamp = datetime.fromtimestamp(self.started_wall or time.time(), timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         return Path("results") / f"{stamp}-{self.scenario}"
 
-    def _write_results(self, exit_code: int, unreachable: str | None = None) -> None:
-        data = summary_module.build(self, exit_code, unreachable=unreachable)
+    def _write_results(self, exit_code: int | None, unreachable: str | None = None) -> None:
+        """Final summary and verdict: unreachable (3), else the SLO when given, else Locust's convention."""
+        data = summary_module.build(self, 0, unreachable=unreachable)
+        if unreachable is not None:
+            exit_code = EXIT_UNREACHABLE
+        elif exit_code is None and self.slo is not None:
+            self.slo_results = slo_module.evaluate(self.slo, data)
+            data["slo"] = slo_module.slo_block(self.slo, self.slo_results)
+            exit_code = slo_module.exit_code(self.slo_results)
+        elif exit_code is None:
+            exit_code = self._locust_exit_code()
+        data["exit_code"] = self.final_exit_code = exit_code
+        if self.aborted is not None:
+            data["aborted"] = f"SLO breached: {self.aborted}"
         targets = [self.results_dir() / "summary.json"]
         extra = getattr(self.options, "summary", None)
         if extra:
@@ -517,6 +549,9 @@ class RunContext:
         elif unreachable is None:
             for line in summary_module.format_table(data).splitlines():
                 log.info("%s", line)
+            if self.slo is not None:
+                for line in slo_module.format_table(self.slo_results).splitlines():
+                    log.info("%s", line)
         log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
 
 
