@@ -8,6 +8,7 @@ from importlib.metadata import version
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from loadgen.grafana import add_grafana_arguments
     from loadgen.server import add_serve_arguments
     from loadgen.slo import add_rules_arguments
 
@@ -34,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(docs/slo.md), for long soaks watched by Prometheus and Alertmanager.",
     )
     add_rules_arguments(rules)
+    grafana = commands.add_parser(
+        "grafana",
+        help="push the dashboards to Grafana",
+        description="Upload the dashboards in dashboards/ into a Grafana folder (docs/grafana.md). "
+        "The API token is read from the environment variable named by --token-env, never from the command line.",
+    )
+    add_grafana_arguments(grafana)
     commands.add_parser(
         "options",
         help="list the options the toolkit adds to `locust` (Locust prints --help before reading a locustfile)",
@@ -65,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadgen.slo import rules_command
 
         return rules_command(args)
+    if args.command == "grafana":
+        from loadgen.grafana import grafana_command
+
+        return grafana_command(args)
     if args.command == "options":
         sys.stdout.write(run_options_help())
         return 0

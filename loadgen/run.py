@@ -25,7 +25,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import metrics
+from loadgen import grafana, metrics
 from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
@@ -63,6 +63,10 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
                         "help": "address the metrics endpoint listens on (default 127.0.0.1)"}),
     ("--slo", {"metavar": "PATH", "default": None,
                "help": "SLO file: the run passes (exit 0) or fails (exit 1) by it, and can stop early (docs/slo.md)"}),
+    ("--grafana-url", {"metavar": "URL", "default": None,
+                       "help": "mark the run's start, stages, SLO breaches and end as Grafana annotations"}),
+    ("--grafana-token-env", {"metavar": "VAR", "default": "GRAFANA_TOKEN",
+                             "help": "environment variable holding the Grafana API token (default GRAFANA_TOKEN)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
                            "help": "how long an operation may wait for the backend's reply (default 10)"}),
 )  # fmt: skip
@@ -146,6 +150,7 @@ class RunContext:
         self.delivery_timeout = delivery_timeout
         self.backend: EmbeddedBackend | None = None
         self.sessions: set = set()
+        self.annotator: grafana.Annotator | None = None
         self._begin_test()
         environment.loadgen = self
 
@@ -197,12 +202,32 @@ class RunContext:
         events = self.environment.events
         if not self.is_worker:
             self._target_backend()
+            self._connect_grafana()
         self._serve_metrics()
         events.test_start.add_listener(self._on_test_start)
         events.test_stopping.add_listener(self._on_test_stopping)
         events.test_stop.add_listener(self._on_test_stop)
         events.quitting.add_listener(self._on_quitting)
         events.quit.add_listener(self._on_quit)
+
+    def _connect_grafana(self) -> None:
+        url = getattr(self.options, "grafana_url", None)
+        if not url:
+            return
+        try:
+            token = grafana.token_from_env(self.options.grafana_token_env)
+        except grafana.MissingToken as exc:
+            log.error("--grafana-url: %s", exc)
+            sys.exit(EXIT_USAGE)
+        self.annotator = grafana.Annotator(url, token, [f"scenario:{self.scenario}"])
+
+    def annotate(self, kind: str, text: str, wait: bool = False) -> None:
+        """A Grafana annotation of this test, posted from its own greenlet (Grafana may be slow)
+        unless ``wait``: the last one must be out before the process exits."""
+        if self.annotator is not None:
+            posting = gevent.spawn(self.annotator.mark, text, [kind, f"run:{self.run_id}"])
+            if wait:
+                posting.join(timeout=5)
 
     def _serve_metrics(self) -> None:
         """Every process serves /metrics; a worker on base + index + 1 so local workers never collide."""
@@ -262,6 +287,8 @@ class RunContext:
         self.started_mono = time.monotonic()
         if not self.is_master:
             self.sync_clock()
+        if not self.is_worker:
+            self.annotate("run", f"{self.scenario} run {self.run_id} started")
         self._greenlets = [gevent.spawn(self._housekeeping)]
 
     def sync_clock(self) -> None:
@@ -317,7 +344,11 @@ class RunContext:
         """Evaluate the SLO on the figures so far; a failed abort_on_fail check past its grace stops the run."""
         if self.slo is None or self.is_worker or self.aborted is not None:
             return
+        failing_before = {result.name for result in self.slo_results if not result.passed}
         self.slo_results = slo_module.evaluate(self.slo, summary_module.build(self, 0))
+        for result in self.slo_results:
+            if not result.passed and result.name not in failing_before:
+                self.annotate("slo-breach", f"SLO check failing: {result.name} (value {result.value})")
         elapsed = time.monotonic() - (self.started_mono or time.monotonic())
         breached = slo_module.aborting(self.slo_results, elapsed)
         if breached:
@@ -532,6 +563,7 @@ class RunContext:
         elif exit_code is None:
             exit_code = self._locust_exit_code()
         data["exit_code"] = self.final_exit_code = exit_code
+        self.annotate("run", f"{self.scenario} run {self.run_id} ended, exit code {exit_code}", wait=True)
         if self.aborted is not None:
             data["aborted"] = f"SLO breached: {self.aborted}"
         targets = [self.results_dir() / "summary.json"]
