@@ -73,6 +73,7 @@ class RoomsProfile:
     gift_value: int = knob(10, "value of one gift", 0)
     combo_max: int = knob(5, "largest combo count of a gift (uniform from 1)", 1)
     danmaku_rate: float = knob(0.5, "danmaku per chatter per second", 0)
+    chat_rate: float = knob(0.05, "public-screen chat messages per member per second (end-to-end accounted)", 0)
     session_mean: float = knob(120.0, "mean seconds a non-host stays in a room before moving to another", 1)
     storms: tuple[Storm, ...] = ()
 
@@ -122,6 +123,67 @@ class CallProfile:
     talk_mean: float = knob(10.0, "mean seconds of a call (exponential)", 0.1)
 
 
+@dataclass(frozen=True)
+class ShapeProfile:
+    """How many users run over time (docs/shapes.md); without it, -u, -r and -t decide. Each kind has its own knobs."""
+
+    kind: str = knob("ramp", "ramp, step, spike or soak")
+    users: int = knob(100, "ramp, step, soak: target (peak) users", 1)
+    spawn_rate: float = knob(10.0, "users started or stopped per second on every change of the target", 0.01)
+    duration: float = knob(60.0, "ramp: seconds to reach users; spike, soak: total seconds of the test", 1)
+    hold: float = knob(60.0, "ramp: seconds to hold users after reaching them", 0)
+    steps: int = knob(5, "step: number of equal steps up to users", 1, 1000)
+    step_duration: float = knob(60.0, "step: seconds each step lasts", 1)
+    baseline: int = knob(10, "spike: users before and after the spike", 0)
+    spike_users: int = knob(100, "spike: users during the spike", 1)
+    spike_at: float = knob(20.0, "spike: seconds after the start the spike begins", 0)
+    spike_duration: float = knob(20.0, "spike: seconds the spike lasts", 1)
+    wave_every: float = knob(600.0, "soak: seconds between the starts of churn waves (the first at this time)", 1)
+    wave_depth: float = knob(0.2, "soak: share of users stopped in a wave and started again after it", 0, 1)
+    wave_duration: float = knob(60.0, "soak: seconds a wave keeps the users away", 1)
+
+
+#: shape kind -> the knobs it reads; a knob of another kind in the file is an error
+SHAPE_KNOBS: dict[str, tuple[str, ...]] = {
+    "ramp": ("kind", "users", "spawn_rate", "duration", "hold"),
+    "step": ("kind", "users", "spawn_rate", "steps", "step_duration"),
+    "spike": ("kind", "spawn_rate", "baseline", "spike_users", "spike_at", "spike_duration", "duration"),
+    "soak": ("kind", "users", "spawn_rate", "duration", "wave_every", "wave_depth", "wave_duration"),
+}
+
+
+def _check_shape(shape: ShapeProfile, given: Mapping[str, object], fail) -> None:
+    """A shape's knobs agree with each other, and spawn_rate lets the runner follow every change."""
+    if shape.kind not in SHAPE_KNOBS:
+        fail("kind", f"must be one of {', '.join(SHAPE_KNOBS)}, got {shape.kind!r}")
+    own = SHAPE_KNOBS[shape.kind]
+    for key in given:
+        if key not in own:
+            fail(key, f"is not a knob of kind {shape.kind} (its knobs: {', '.join(own)})")
+    if shape.kind == "spike":
+        if shape.spike_users <= shape.baseline:
+            fail("spike_users", f"must exceed baseline ({shape.baseline})")
+        if shape.spike_at + shape.spike_duration > shape.duration:
+            fail("duration", f"must be at least spike_at + spike_duration ({shape.spike_at + shape.spike_duration:g})")
+    if shape.kind == "soak" and shape.wave_duration >= shape.wave_every:
+        fail("wave_duration", f"must be shorter than wave_every ({shape.wave_every:g})")
+    # the largest change of the target: users to move, seconds to move them in, the knobs that set them
+    if shape.kind == "ramp":
+        users, seconds, inputs = shape.users, shape.duration, ("users", "duration")
+    elif shape.kind == "step":
+        users, seconds = -(-shape.users // shape.steps), shape.step_duration
+        inputs = ("users", "steps", "step_duration")
+    elif shape.kind == "spike":
+        users, seconds, inputs = shape.spike_users - shape.baseline, shape.spike_duration, ("spike_users", "baseline")
+    else:  # a soak wave must empty and refill within its duration and the gap before the next wave
+        users, inputs = round(shape.users * shape.wave_depth), ("users", "wave_depth", "wave_duration", "wave_every")
+        seconds = min(shape.wave_duration, shape.wave_every - shape.wave_duration)
+    if users / seconds > shape.spawn_rate + 1e-9:
+        blame = next((k for k in ("spawn_rate", *inputs) if k in given), "kind")
+        fail(blame, f"moving {users} users in {seconds:g} s needs a spawn_rate of at least {users / seconds:g}, "
+                    f"not {shape.spawn_rate:g}")  # fmt: skip
+
+
 SHARED_ROOM_KNOBS = frozenset(f.name for f in dataclasses.fields(RoomsProfile))
 
 #: scenario name -> its section's dataclass
@@ -132,6 +194,9 @@ SECTIONS: dict[str, type] = {
     "call1v1": CallProfile,
 }
 
+#: top-level sections that are not scenarios: read by every run
+COMMON_SECTIONS: dict[str, type] = {"shape": ShapeProfile}
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -140,6 +205,8 @@ class Profile:
     voiceroom: VoiceRoomProfile = field(default_factory=VoiceRoomProfile)
     livestream: LiveStreamProfile = field(default_factory=LiveStreamProfile)
     call1v1: CallProfile = field(default_factory=CallProfile)
+    #: None without a ``shape:`` section: Locust's -u, -r and -t decide the load
+    shape: ShapeProfile | None = None
 
 
 def _line(node: yaml.Node | None) -> int | None:
@@ -208,6 +275,8 @@ def _check(section, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: st
         fail(shares[-1], f"the shares {', '.join(shares)} add up to more than 1")
     if hasattr(section, "hot_rooms") and section.hot_rooms > section.rooms:
         fail("hot_rooms", f"must not exceed rooms ({section.rooms})")
+    if isinstance(section, ShapeProfile):
+        _check_shape(section, entries, fail)
 
 
 def load_profile(path: str | Path | None) -> Profile:
@@ -230,9 +299,10 @@ def load_profile(path: str | Path | None) -> Profile:
     sections: Mapping[str, tuple[yaml.Node, yaml.Node]] = _mapping(root, path, "")
     values = {}
     for name, (key_node, value_node) in sections.items():
-        cls = SECTIONS.get(name)
+        cls = SECTIONS.get(name) or COMMON_SECTIONS.get(name)
         if cls is None:
-            raise ProfileError(path, _line(key_node), name, f"unknown section (known: {', '.join(SECTIONS)})")
+            known = ", ".join([*SECTIONS, *COMMON_SECTIONS])
+            raise ProfileError(path, _line(key_node), name, f"unknown section (known: {known})")
         values[name] = _section(cls, value_node, path, name)
     return Profile(path=path, **values)
 
@@ -240,7 +310,7 @@ def load_profile(path: str | Path | None) -> Profile:
 def reference() -> str:
     """The key tables of docs/profile.md, written from the dataclasses so docs match the code."""
     out = []
-    for name, cls in [*SECTIONS.items(), ("storms[]", Storm)]:
+    for name, cls in [*SECTIONS.items(), ("storms[]", Storm), *COMMON_SECTIONS.items()]:
         # the shared knobs read best after each scenario's own
         fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in SHARED_ROOM_KNOBS)
         out += [f"## `{name}`", "", (cls.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]

@@ -32,6 +32,7 @@ from loadgen.accounting import Accounting
 from loadgen.embedded import BackendStartError, EmbeddedBackend
 from loadgen.profile import ProfileError, load_profile
 from loadgen.session import OperationFailed, Refused, Session
+from loadgen.shapes import install_shape
 from loadgen.transport import ConnectError, TransportError, WebSocketClient
 
 log = logging.getLogger("loadgen")
@@ -86,7 +87,11 @@ def install(events, scenario: str) -> None:
     """Wire the toolkit into Locust for a locustfile of ``scenario``."""
 
     def on_init(environment: Environment, **_kwargs) -> None:
-        RunContext(environment, scenario).start()
+        context = RunContext(environment, scenario)
+        context.start()
+        # the profile is known only now, so its shape (if any) is set on the environment here,
+        # leaving -u/-r/-t in charge of runs whose profile has none
+        install_shape(environment, context.profile)
 
     events.init_command_line_parser.add_listener(add_arguments)
     events.init.add_listener(on_init)
@@ -183,6 +188,7 @@ class RunContext:
         self._greenlets: list[gevent.Greenlet] = []
         self._reported = {"duplicated": 0, "out_of_order": 0}
         self.slo_results: list = []
+        self._stage_target: int | None = None
         self.aborted: str | None = None
         self.final_exit_code: int | None = None
         self.violations: Counter[str] = Counter()
@@ -335,6 +341,11 @@ class RunContext:
             for call in [c for c, entry in self._calls.items() if entry["opened"] < stale]:
                 del self._calls[call]
             self._judge_live()
+            if runner is not None and not self.is_worker:
+                target = getattr(runner, "target_user_count", None)
+                if target is not None and target != self._stage_target:
+                    self._stage_target = target
+                    self.annotate("stage", f"target {target} users")
             if runner is not None:
                 self.users_peak = max(self.users_peak, runner.user_count)
                 self.cpu_max_percent = max(self.cpu_max_percent, runner.current_cpu_usage)

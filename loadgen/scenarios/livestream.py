@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loadgen.drivers.base import Invitation
-from loadgen.scenarios.base import Activity
+from loadgen.scenarios.base import Activity, PostToRoom
 from loadgen.scenarios.calls import CallParty
 from loadgen.scenarios.rooms import MoveRoom, RoomMember, SendDanmaku, SendGift
 from loadgen.session import Session
@@ -67,7 +67,8 @@ class LiveStreamUser(RoomMember, CallParty):
             "chatter": [SendDanmaku(knobs.danmaku_rate)],
             "listener": [],
         }
-        return [*by_role[self.role], CallTheHost(knobs.call_host_rate), MoveRoom(1 / knobs.session_mean)]
+        chat = PostToRoom(knobs.chat_rate, 32)
+        return [*by_role[self.role], chat, CallTheHost(knobs.call_host_rate), MoveRoom(1 / knobs.session_mean)]
 
     def on_invitation(self, invitation: Invitation) -> None:
         knobs, rng, session = self.knobs, self.rng, self.session

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from loadgen.drivers.base import Invitation
-from loadgen.scenarios.base import Activity
+from loadgen.scenarios.base import Activity, PostToRoom
 from loadgen.scenarios.rooms import ChangeSettings, MoveRoom, RoomMember, SendDanmaku, SendGift
 
 
@@ -67,7 +67,8 @@ class VoiceRoomUser(RoomMember):
             "chatter": [SendDanmaku(knobs.danmaku_rate)],
             "listener": [],
         }
-        return [*by_role[self.role], settings, MoveRoom(1 / knobs.session_mean)]
+        chat = PostToRoom(knobs.chat_rate, 32)
+        return [*by_role[self.role], chat, settings, MoveRoom(1 / knobs.session_mean)]
 
     def on_invitation(self, invitation: Invitation) -> None:
         """Invited to a seat: go up, hold it a while like any speaker."""
