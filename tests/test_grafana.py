@@ -310,7 +310,7 @@ def test_cli_push_exits_1_when_the_url_is_some_other_web_server(grafana):
 
 
 def test_a_run_with_grafana_url_marks_its_start_and_end(grafana, locust_run, monkeypatch):
-    """A run given --grafana-url posts tagged start and end annotations with the token from the environment."""
+    """A run given --grafana-url posts tagged start, stage and end annotations with the token from the environment."""
     stand_in = grafana()
     monkeypatch.setenv("LOADGEN_TEST_GRAFANA", TOKEN)
     run = locust_run("messaging.py", "-u", "5", "-r", "5", "-t", "2s", "--drain", "0.5",
@@ -320,6 +320,8 @@ def test_a_run_with_grafana_url_marks_its_start_and_end(grafana, locust_run, mon
     texts = [r["body"]["text"] for r in posted]
     assert any("started" in text for text in texts) and any("ended, exit code 0" in text for text in texts), texts
     run_tag = f"run:{run.summary['run_id']}"
-    assert all({"loadgen", "run", run_tag} <= set(r["body"]["tags"]) for r in posted)
+    assert all({"loadgen", run_tag} <= set(r["body"]["tags"]) for r in posted)
+    kinds = [next(t for t in r["body"]["tags"] if t in ("run", "stage", "slo-breach")) for r in posted]
+    assert kinds.count("run") == 2 and "stage" in kinds, kinds
     assert all(r["authorization"] == f"Bearer {TOKEN}" for r in posted)
     assert TOKEN not in run.output

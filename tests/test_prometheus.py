@@ -78,7 +78,7 @@ def scraped_runs(tmp_path, backend):
                 break
             except OSError:
                 time.sleep(0.2)
-        time.sleep(25 * SCALE)  # let every scenario do its thing under a few dozen scrapes
+        time.sleep(10 * SCALE)  # a few scrapes before the first look
         yield prometheus_port
     finally:
         for process in runs:
@@ -91,19 +91,28 @@ def scraped_runs(tmp_path, backend):
             log.close()
 
 
-def test_every_dashboard_and_rule_expression_returns_data(scraped_runs, tmp_path):
-    """Every dashboard query and every rule expression returns series from real scrapes of real runs."""
+def expressions_without_data(port: int, rules_file) -> list[str]:
     empty = []
     for dashboard, panel, expr in build.all_queries():
         concrete = expr.replace("$__rate_interval", "1m").replace("$scenario", ".*").replace("$run_id", ".*")
-        if not query(scraped_runs, concrete):
+        if not query(port, concrete):
             empty.append(f"{dashboard} / {panel}: {concrete}")
-    rules_text = (tmp_path / "rules.yml").read_text()
-    for rule in yaml.safe_load(rules_text)["groups"][0]["rules"]:
+    for rule in yaml.safe_load(rules_file.read_text())["groups"][0]["rules"]:
         expr = rule["expr"]
         if "alert" in rule:
             # an alert is silent while its SLO holds; its figure must still be there
             expr = COMPARISON.match(expr.strip()).group("figure")
-        if not query(scraped_runs, expr):
+        if not query(port, expr):
             empty.append(f"rule {rule.get('record') or rule.get('alert')}: {expr}")
+    return empty
+
+
+def test_every_dashboard_and_rule_expression_returns_data(scraped_runs, tmp_path):
+    """Every dashboard query and every rule expression returns series from real scrapes of real runs."""
+    # rare events (a PK, a busy callee) may take a while on a loaded machine: look again, within bounds
+    deadline = time.monotonic() + 40 * SCALE
+    empty = expressions_without_data(scraped_runs, tmp_path / "rules.yml")
+    while empty and time.monotonic() < deadline:
+        time.sleep(3)
+        empty = expressions_without_data(scraped_runs, tmp_path / "rules.yml")
     assert not empty, "expressions without data:\n" + "\n".join(empty)
