@@ -25,7 +25,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import grafana, metrics
+from loadgen import grafana, merge, metrics
 from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
@@ -189,6 +189,9 @@ class RunContext:
         self._reported = {"duplicated": 0, "out_of_order": 0}
         self.slo_results: list = []
         self._stage_target: int | None = None
+        self.worker_reports: dict[str, dict] = {}
+        self.workers_reported = 0
+        self.partial_workers: list[str] = []
         self.aborted: str | None = None
         self.final_exit_code: int | None = None
         self.violations: Counter[str] = Counter()
@@ -206,6 +209,11 @@ class RunContext:
 
     def start(self) -> None:
         events = self.environment.events
+        runner = self.environment.runner
+        if self.is_worker:
+            runner.register_message(merge.DRAIN, self._on_drain_request, concurrent=True)
+        elif self.is_master:
+            runner.register_message(merge.REPORT, self._on_report)
         if not self.is_worker:
             self._target_backend()
             self._connect_grafana()
@@ -337,6 +345,10 @@ class RunContext:
             self.loop_lag_seconds = max(time.monotonic() - asked - 1.0, 0.0)
             self.accounting.expire()
             self.flush_to_locust()
+            if self.is_worker and not self.drained:
+                self._report(final=False)
+            elif self.is_master and self.worker_reports:
+                merge.merge_into(self, self.worker_reports)
             stale = time.monotonic() - 120
             for call in [c for c, entry in self._calls.items() if entry["opened"] < stale]:
                 del self._calls[call]
@@ -475,14 +487,54 @@ class RunContext:
                 )
 
     def new_user_id(self) -> str:
-        user_id = f"u{len(self.user_ids)}"
+        # user ids are unique across the workers of a distributed run; a second login of the
+        # same id would replace the first connection
+        worker = f"w{self.environment.runner.worker_index}-" if self.is_worker else ""
+        user_id = f"{worker}u{len(self.user_ids)}"
         self.user_ids.append(user_id)
         return user_id
 
     # -- the end ----------------------------------------------------------------------
 
     def _on_test_stopping(self, **_kwargs) -> None:
+        if self.is_master:
+            self._drain_workers()
         self.drain(self.drain_seconds)
+
+    # -- distributed runs -------------------------------------------------------------
+
+    def _report(self, final: bool) -> None:
+        self.environment.runner.send_message(merge.REPORT, merge.snapshot(self, final))
+
+    def _on_report(self, environment: Environment, msg, **_kwargs) -> None:
+        known = self.worker_reports.get(msg.node_id)
+        if known is not None and known["final"] and not msg.data["final"]:
+            return  # a periodic report overtaken by the final one
+        self.worker_reports[msg.node_id] = msg.data
+
+    def _on_drain_request(self, environment: Environment, msg, **_kwargs) -> None:
+        """The master is ending the test: drain here, then send the final figures."""
+        self.drain(self.drain_seconds)
+        self._report(final=True)
+
+    def _drain_workers(self) -> None:
+        """Ask every worker to drain and wait (bounded) for their final reports before the verdict."""
+        runner = self.environment.runner
+        expected = {client.id for client in runner.clients.all}
+        if not expected:
+            return
+        runner.send_message(merge.DRAIN)
+        deadline = time.monotonic() + self.drain_seconds + self.request_timeout + 10
+        while time.monotonic() < deadline:
+            finals = {node for node, report in self.worker_reports.items() if report["final"]}
+            if expected <= finals:
+                break
+            gevent.sleep(0.1)
+        else:
+            missing = sorted(expected - {n for n, r in self.worker_reports.items() if r["final"]})
+            log.error("No final figures from %d worker(s) %s: the summary is partial", len(missing), missing)
+            self.partial_workers = missing
+        merge.merge_into(self, self.worker_reports)
 
     def drain(self, seconds: float) -> None:
         """Stop sending, close every window at the backend's head, let in-flight messages land.
@@ -521,7 +573,10 @@ class RunContext:
         for greenlet in self._greenlets:
             greenlet.kill(block=False)
         if self.is_worker:
+            self._report(final=True)
             return
+        if self.is_master and self.worker_reports:
+            merge.merge_into(self, self.worker_reports)
         self._write_results(self._exit_code())
 
     def _on_quitting(self, environment: Environment, **_kwargs) -> None:

@@ -63,7 +63,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
         "generator": {
             "cpu_max_percent": round(context.cpu_max_percent, 1),
             "rss_max_mb": round(context.rss_max_bytes / 2**20, 1),
-            "workers": 1,
+            "workers": context.workers_reported if context.is_master else 1,
             "clock_offset_ms": round(accounting.clock_offset * 1000, 3),
             "clock_uncertainty_ms": None
             if context.clock_uncertainty is None
@@ -73,6 +73,8 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
     }
     if unreachable is not None:
         data["error"] = f"could not reach the backend: {unreachable}"
+    if getattr(context, "partial_workers", None):
+        data["partial"] = {"missing_workers": context.partial_workers}
     return data
 
 

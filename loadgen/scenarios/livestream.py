@@ -32,7 +32,9 @@ class CallTheHost(Activity):
     """Switch from watching to a 1v1 call with the host."""
 
     def __call__(self, user: LiveStreamUser, intended: float) -> None:
-        user.place_call(f"u{user.rank}", room=user.room)
+        hosts = user.run_context.user_ids
+        if user.rank < len(hosts):
+            user.place_call(hosts[user.rank], room=user.room)
 
 
 class LiveStreamUser(RoomMember, CallParty):

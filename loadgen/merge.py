@@ -1,0 +1,105 @@
+"""Distributed runs: workers report their figures to the master, which merges them exactly.
+
+Each report is a full snapshot of a worker's run (counters, HDR histograms encoded,
+refusals, broken-invariant keys), so a late or repeated report replaces the last one and
+nothing is counted twice. The master merges histograms bucket by bucket: its percentiles
+are those of the whole run, never an average of workers' percentiles. Broken invariants
+are merged by their keys, so a breach two workers both saw counts once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, fields
+
+from hdrh.histogram import HdrHistogram
+
+from loadgen.accounting import Accounting, MessageCounts, OperationStats, new_histogram
+
+REPORT = "loadgen_report"
+DRAIN = "loadgen_drain"
+
+
+def _encode(histogram: HdrHistogram) -> str:
+    return histogram.encode().decode("ascii")
+
+
+def _add(target: HdrHistogram, encoded: str) -> None:
+    if encoded:
+        target.decode_and_add(encoded.encode("ascii"))
+
+
+def snapshot(context, final: bool) -> dict:
+    """A worker's whole run so far, in types Locust's message channel carries."""
+    accounting = context.accounting
+    return {
+        "final": final,
+        "counts": asdict(accounting.counts),
+        "latency": _encode(accounting.latency),
+        "send_lag": _encode(accounting.send_lag),
+        "operations": {
+            name: {
+                "histogram": _encode(stats.histogram),
+                "count": stats.count,
+                "failures": stats.failures,
+                "refusals": dict(stats.refusals),
+            }
+            for name, stats in accounting.operations.items()
+        },
+        "violation_keys": ["\x1f".join(map(str, key)) for key in context._violations_seen],
+        "connections": dict(context.connections),
+        "connect_errors": dict(context.connect_errors),
+        "close_codes": {str(code): n for code, n in context.close_codes.items()},
+        "receipts": context.receipts,
+        "malformed": context.malformed,
+        "cpu_max_percent": context.cpu_max_percent,
+        "rss_max_bytes": context.rss_max_bytes,
+        "clock_offset": accounting.clock_offset,
+        "clock_uncertainty": context.clock_uncertainty,
+    }
+
+
+def merge_into(context, reports: dict[str, dict]) -> None:
+    """Make the master's figures the exact sum of its workers' latest reports."""
+    accounting = Accounting(context.delivery_timeout)
+    counts = {f.name: 0 for f in fields(MessageCounts)}
+    violations: set[str] = set()
+    connections: Counter[str] = Counter()
+    connect_errors: Counter[str] = Counter()
+    close_codes: Counter[int] = Counter()
+    receipts = malformed = 0
+    uncertainties = []
+    for report in reports.values():
+        for name, value in report["counts"].items():
+            counts[name] += value
+        _add(accounting.latency, report["latency"])
+        _add(accounting.send_lag, report["send_lag"])
+        for name, op in report["operations"].items():
+            stats = accounting.operations.get(name) or accounting.operations.setdefault(name, OperationStats())
+            _add(stats.histogram, op["histogram"])
+            stats.count += op["count"]
+            stats.failures += op["failures"]
+            stats.refusals.update(op["refusals"])
+        violations.update(report["violation_keys"])
+        connections.update(report["connections"])
+        connect_errors.update(report["connect_errors"])
+        close_codes.update({int(code): n for code, n in report["close_codes"].items()})
+        receipts += report["receipts"]
+        malformed += report["malformed"]
+        if report["clock_uncertainty"] is not None:
+            uncertainties.append(report["clock_uncertainty"])
+    accounting.counts = MessageCounts(**counts)
+    context.accounting = accounting
+    context.violations = Counter(key.split("\x1f", 1)[0] for key in violations)
+    context.connections = connections
+    context.connect_errors = connect_errors
+    context.close_codes = close_codes
+    context.receipts = receipts
+    context.malformed = malformed
+    context.workers_reported = len(reports)
+    context.clock_uncertainty = max(uncertainties, default=None)
+    context.worker_cpu_max_percent = max((r["cpu_max_percent"] for r in reports.values()), default=0.0)
+    context.worker_rss_max_bytes = max((r["rss_max_bytes"] for r in reports.values()), default=0)
+
+
+__all__ = ["DRAIN", "REPORT", "merge_into", "new_histogram", "snapshot"]
