@@ -35,7 +35,7 @@ class Zipf:
         return self.cumulative[rank] - below
 
 
-def user_random(scenario: str, index: int) -> random.Random:
+def user_random(scenario: str, index: int | str) -> random.Random:
     return random.Random(f"{scenario}/{index}")
 
 

@@ -431,6 +431,11 @@ class RunContext:
         log.warning("Invariant broken: %s: %s", kind, evidence)
         self.fire(INVARIANT, f"invariant.{kind}", None, InvariantViolation(evidence))
 
+    @property
+    def worker_index(self) -> int | None:
+        """This worker's index in a distributed run, None in a standalone or master process."""
+        return self.environment.runner.worker_index if self.is_worker else None
+
     def seats_held(self) -> int:
         return sum(1 for user in self.users for view in getattr(user, "views", {}).values() if view.my_seat is not None)
 

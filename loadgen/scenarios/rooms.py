@@ -33,8 +33,10 @@ class RoomMember(RealtimeUser):
         self.population = self.run_context.shared(
             f"{self.scenario}.zipf", lambda: Zipf(self.knobs.rooms, self.knobs.zipf_s)
         )
-        self.rng = user_random(self.scenario, self.index)
-        if self.index < self.knobs.rooms:
+        worker = self.run_context.worker_index
+        self.rng = user_random(self.scenario, self.index if worker is None else f"{worker}/{self.index}")
+        # one host per room: in a distributed run the first worker's first users host them
+        if self.index < self.knobs.rooms and not worker:
             self.role = self.host_role
             self.rank = self.index
         else:
