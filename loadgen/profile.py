@@ -21,16 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from loadgen.errors import ConfigError
 
-class ProfileError(ValueError):
+
+class ProfileError(ConfigError):
     """A profile that cannot be used; the message names file, line and key."""
-
-    def __init__(self, path: str, line: int | None, key: str, problem: str) -> None:
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
-        self.path = path
-        self.line = line
-        self.key = key
 
 
 def knob(default, help: str, minimum: float | None = None, maximum: float | None = None):

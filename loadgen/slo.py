@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from loadgen.errors import ConfigError
+
 __all__ = [
     "Check",
     "CheckResult",
@@ -48,16 +50,8 @@ __all__ = [
 ]
 
 
-class SloError(ValueError):
+class SloError(ConfigError):
     """An SLO file that cannot be used; the message names file, line and key."""
-
-    def __init__(self, path: str, line: int | None, key: str, problem: str) -> None:
-        where = f"{path}:{line}" if line is not None else path
-        super().__init__(f"{where}: {key}: {problem}" if key else f"{where}: {problem}")
-        self.path = path
-        self.line = line
-        self.key = key
-        self.problem = problem
 
 
 # --- what can be judged -----------------------------------------------------------------
