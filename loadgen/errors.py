@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import yaml
+
 
 class ConfigError(ValueError):
     """A file that cannot be used; the message reads ``path:line: key: problem``."""
@@ -13,3 +15,13 @@ class ConfigError(ValueError):
         self.line = line
         self.key = key
         self.problem = problem
+
+
+def compose_yaml(text: str, path: str, error: type[ConfigError] = ConfigError):
+    """Parse YAML keeping line numbers (a node tree); bad YAML raises ``error`` naming the line."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        raise error(path, line, "", f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc

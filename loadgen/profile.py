@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, compose_yaml
 
 
 class ProfileError(ConfigError):
@@ -283,12 +283,7 @@ def load_profile(path: str | Path | None) -> Profile:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ProfileError(path, None, "", f"cannot read: {exc.strerror}") from exc
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        raise ProfileError(path, line, "", f"not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    root = compose_yaml(text, path, ProfileError)
     if root is None:
         return Profile(path=path)
     sections: Mapping[str, tuple[yaml.Node, yaml.Node]] = _mapping(root, path, "")

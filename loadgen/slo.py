@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from loadgen.errors import ConfigError
+from loadgen.errors import ConfigError, compose_yaml
 
 __all__ = [
     "Check",
@@ -266,12 +266,7 @@ def _entry(figure: str, node: yaml.Node, path: str, key: str) -> Check:
 
 def loads_slo(text: str, path: str = "<slo>") -> Slo:
     """Read and check an SLO file's text; ``path`` names it in errors."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        raise SloError(path, line, "", f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    root = compose_yaml(text, path, SloError)
     if root is None:
         raise SloError(path, None, "", "no checks: an SLO file maps figures to conditions, e.g. "
                        "delivery_latency: [\"p(99) < 300ms\"]")  # fmt: skip
