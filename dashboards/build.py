@@ -56,8 +56,12 @@ def series_names(metrics: dict[str, tuple[str, tuple[str, ...]]]) -> dict[str, t
 
 
 #: The generator's series: every one carries ``scenario``; the run joins on ``loadgen_run_info``.
+#: A distributed run's master serves its workers' figures merged; ``RUN`` leaves it out so figures
+#: summed over processes count each message once. ``PROCESSES`` keeps every process of the run,
+#: for what is each process's own: CPU, memory, loop lag, the master's SLO verdict.
 SCENARIO = 'scenario=~"$scenario"'
-RUN = 'and on (job, instance) loadgen_run_info{scenario=~"$scenario", run_id=~"$run_id"}'
+RUN = 'and on (job, instance) loadgen_run_info{scenario=~"$scenario", run_id=~"$run_id", role!="master"}'
+PROCESSES = 'and on (job, instance) loadgen_run_info{scenario=~"$scenario", run_id=~"$run_id"}'
 RATE = "$__rate_interval"
 
 #: Targets drawn as threshold lines; the SLO file decides pass or fail, these only guide the eye.
@@ -80,10 +84,10 @@ def rate(metric: str, matchers: str = "", by: str = "") -> str:
     return f"sum{grouping} (rate({sel(metric, matchers)}[{RATE}]) {RUN})"
 
 
-def gauge(metric: str, matchers: str = "", by: str = "", agg: str = "sum") -> str:
-    """A gauge aggregated over workers, restricted to the selected runs."""
+def gauge(metric: str, matchers: str = "", by: str = "", agg: str = "sum", run: str = RUN) -> str:
+    """A gauge aggregated over workers (or over every process of the run: ``run=PROCESSES``)."""
     grouping = f" by ({by})" if by else ""
-    return f"{agg}{grouping} ({sel(metric, matchers)} {RUN})"
+    return f"{agg}{grouping} ({sel(metric, matchers)} {run})"
 
 
 def quantile(q: float, histogram: str, matchers: str = "", by: str = "") -> str:
@@ -134,8 +138,9 @@ QUERIES: dict[str, dict[str, str]] = {
         "delivery_p50": quantile(0.5, LATENCY),
         "delivery_p95": quantile(0.95, LATENCY),
         "delivery_p99": quantile(0.99, LATENCY),
-        "slo_status": gauge("loadgen_slo_check_passed", by="check", agg="min"),
-        "slo_failing": f"count ({gauge('loadgen_slo_check_passed', by='check', agg='min')} == 0) or vector(0)",
+        "slo_status": gauge("loadgen_slo_check_passed", by="check", agg="min", run=PROCESSES),
+        "slo_failing": f"count ({gauge('loadgen_slo_check_passed', by='check', agg='min', run=PROCESSES)} == 0)"
+        " or vector(0)",
         "violations": rate("loadgen_invariant_violations_total", by="kind"),
         "injected_faults": backend("refserver_injected_faults_total", by="kind"),
     },
@@ -205,11 +210,11 @@ QUERIES: dict[str, dict[str, str]] = {
         "violations": rate("loadgen_invariant_violations_total", by="kind"),
     },
     "generator": {
-        "cpu": gauge("loadgen_process_cpu_percent", by="instance", agg="max"),
-        "cpu_max": gauge("loadgen_process_cpu_percent", agg="max"),
-        "rss": gauge("loadgen_process_resident_memory_bytes", by="instance", agg="max"),
-        "loop_lag": gauge("loadgen_event_loop_lag_seconds", by="instance", agg="max"),
-        "loop_lag_max": gauge("loadgen_event_loop_lag_seconds", agg="max"),
+        "cpu": gauge("loadgen_process_cpu_percent", by="instance", agg="max", run=PROCESSES),
+        "cpu_max": gauge("loadgen_process_cpu_percent", agg="max", run=PROCESSES),
+        "rss": gauge("loadgen_process_resident_memory_bytes", by="instance", agg="max", run=PROCESSES),
+        "loop_lag": gauge("loadgen_event_loop_lag_seconds", by="instance", agg="max", run=PROCESSES),
+        "loop_lag_max": gauge("loadgen_event_loop_lag_seconds", agg="max", run=PROCESSES),
         "open_connections": gauge("loadgen_open_connections", by="instance"),
         "users": gauge("loadgen_users", by="instance"),
         "sent_rate": rate(MESSAGES, 'outcome="sent"', by="instance"),

@@ -86,8 +86,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     ),
     "loadgen_run_info": (
         "gauge",
-        "Always 1; labels name the run: scenario, profile file, run id.",
-        ("scenario", "profile", "run_id"),
+        "Always 1; labels name the run (scenario, profile file, run id) and the process's role: "
+        "standalone, master (serves the workers' figures merged) or worker.",
+        ("scenario", "profile", "run_id", "role"),
     ),
     "loadgen_slo_check_passed": (
         "gauge",
@@ -226,12 +227,18 @@ class RunCollector(Collector):
         )
         yield self._single("loadgen_event_loop_lag_seconds", getattr(context, "loop_lag_seconds", 0.0))
         info = self._family("loadgen_run_info")
-        info.add_metric([scenario, context.profile.path or "", getattr(context, "run_id", "")], 1)
+        info.add_metric([scenario, context.profile.path or "", getattr(context, "run_id", ""), role(context)], 1)
         yield info
         checks = self._family("loadgen_slo_check_passed")
         for result in getattr(context, "slo_results", ()):
             checks.add_metric([scenario, result.name], 1 if result.passed else 0)
         yield checks
+
+
+def role(context) -> str:
+    if getattr(context, "is_master", False):
+        return "master"
+    return "worker" if getattr(context, "is_worker", False) else "standalone"
 
 
 def registry_for(context) -> CollectorRegistry:

@@ -60,6 +60,9 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
     ("--metrics-port", {"metavar": "PORT", "type": int, "default": None,
                         "help": "serve Prometheus metrics on PORT, workers on PORT + index + 1 (default 9646; "
                                 "0 turns it off; docs/metrics.md)"}),
+    ("--metrics-linger", {"metavar": "SECONDS", "type": float, "default": 0.0,
+                          "help": "after the run, keep serving /metrics this long so Prometheus scrapes the final "
+                                  "figures; set it to the scrape interval (default 0)"}),
     ("--metrics-host", {"metavar": "ADDRESS", "default": "127.0.0.1",
                         "help": "address the metrics endpoint listens on (default 127.0.0.1)"}),
     ("--slo", {"metavar": "PATH", "default": None,
@@ -156,6 +159,8 @@ class RunContext:
         self.backend: EmbeddedBackend | None = None
         self.sessions: set = set()
         self.annotator: grafana.Annotator | None = None
+        self.metrics_server = None
+        self._lingered = False
         self._begin_test()
         environment.loadgen = self
 
@@ -253,7 +258,7 @@ class RunContext:
         port = metrics.metrics_port(base, runner.worker_index if self.is_worker else None)
         host = self.options.metrics_host
         try:
-            metrics.serve(self, port, host)
+            self.metrics_server = metrics.serve(self, port, host)
         except OSError as exc:
             if chosen is None:
                 # the default port being busy must not stop a run that never asked for metrics
@@ -585,8 +590,11 @@ class RunContext:
         self._write_results(self._exit_code())
 
     def _on_quitting(self, environment: Environment, **_kwargs) -> None:
-        if self.is_worker:
-            return
+        if not self.is_worker:
+            self._conclude(environment)
+        self._linger()
+
+    def _conclude(self, environment: Environment) -> None:
         if self.started_mono is not None and not self.finished:
             # Ctrl-C or SIGTERM mid-run: results are still written, from a short drain
             self.interrupted = True
@@ -594,6 +602,16 @@ class RunContext:
             self.finish()
         if self.final_exit_code is not None and (self.slo is not None or self.final_exit_code == EXIT_UNREACHABLE):
             environment.process_exit_code = self.final_exit_code
+
+    def _linger(self) -> None:
+        """Serve the final figures a while longer: a process that exits at once leaves Prometheus
+        with its last scrape, up to a scrape interval old."""
+        seconds = getattr(self.options, "metrics_linger", 0.0) or 0.0
+        if self.metrics_server is None or seconds <= 0 or self._lingered:
+            return
+        self._lingered = True
+        log.info("Serving the final metrics for %g s more (--metrics-linger)", seconds)
+        gevent.sleep(seconds)
 
     def _on_quit(self, **_kwargs) -> None:
         if self.backend is not None:

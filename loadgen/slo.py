@@ -492,6 +492,10 @@ def _alert_name(check: Check) -> str:
     return "LoadgenSLOBreach" + "".join(w[:1].upper() + w[1:] for w in words if w)
 
 
+#: a distributed run's master serves its workers' figures merged: summing over processes leaves it out
+NOT_MASTER = 'and on (job, instance) loadgen_run_info{role!="master"}'
+
+
 def _promql(check: Check, scenario: str | None, window: str) -> str:
     """The figure as PromQL, per scenario, in base units; percentiles merge every worker's buckets."""
     where = f'scenario="{scenario}"' if scenario else ""
@@ -500,33 +504,33 @@ def _promql(check: Check, scenario: str | None, window: str) -> str:
         inner = ",".join(m for m in (where, *matchers) if m)
         return "{" + inner + "}" if inner else ""
 
+    def total(series: str) -> str:
+        return f"sum by (scenario) ({series} {NOT_MASTER})"
+
+    def per_second(series: str) -> str:
+        return f"sum by (scenario) (rate({series}[{window}]) {NOT_MASTER})"
+
     figure, stat = check.figure, check.condition.stat
     if figure == VIOLATIONS:
-        return f"sum by (scenario) (loadgen_invariant_violations_total{sel()})"
+        return total(f"loadgen_invariant_violations_total{sel()}")
     if figure.startswith("messages."):
-        outcome = sel('outcome="' + figure.removeprefix("messages.") + '"')
-        return f"sum by (scenario) (loadgen_messages_total{outcome})"
+        return total("loadgen_messages_total" + sel('outcome="' + figure.removeprefix("messages.") + '"'))
     if figure == ERRORS:
-        return (
-            f"sum by (scenario) (rate(loadgen_operation_failures_total{sel()}[{window}]))\n"
-            f"/ sum by (scenario) (rate(loadgen_operations_total{sel()}[{window}]))"
-        )
+        failures, operations = f"loadgen_operation_failures_total{sel()}", f"loadgen_operations_total{sel()}"
+        return f"{per_second(failures)}\n/ {per_second(operations)}"
     if check.condition.kind == LATENCY:
         q = "1" if stat == "max" else repr(float(stat[2:-1]) / 100)
         if figure == DELIVERY:
             bucket = f"loadgen_delivery_latency_seconds_bucket{sel()}"
         else:
             bucket = "loadgen_operation_duration_seconds_bucket" + sel(f'op="{figure}"')
-        return f"histogram_quantile({q}, sum by (scenario, le) (rate({bucket}[{window}])))"
+        return f"histogram_quantile({q}, sum by (scenario, le) (rate({bucket}[{window}]) {NOT_MASTER}))"
     op = sel(f'op="{figure}"')
     if stat == "count":
-        return f"sum by (scenario) (loadgen_operations_total{op})"
+        return total(f"loadgen_operations_total{op}")
     if stat == "failures":
-        return f"sum by (scenario) (loadgen_operation_failures_total{op})"
-    return (
-        f"sum by (scenario) (rate(loadgen_operation_failures_total{op}[{window}]))\n"
-        f"/ sum by (scenario) (rate(loadgen_operations_total{op}[{window}]))"
-    )
+        return total(f"loadgen_operation_failures_total{op}")
+    return f"{per_second(f'loadgen_operation_failures_total{op}')}\n/ {per_second(f'loadgen_operations_total{op}')}"
 
 
 def _prom_number(value: float) -> str:

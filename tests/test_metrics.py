@@ -94,10 +94,14 @@ def test_gauges_read_the_current_state():
 
 
 def test_run_info_names_the_run():
-    """loadgen_run_info is 1 with the scenario, the profile file and the run id as labels."""
-    value = registry_for(fake_run()).get_sample_value
+    """loadgen_run_info is 1 with the scenario, the profile file, the run id and the process's role as labels."""
+    run = fake_run()
     labels = {"scenario": "voiceroom", "profile": "profiles/review.yaml", "run_id": "abc123def456"}
-    assert value("loadgen_run_info", labels) == 1
+    assert registry_for(run).get_sample_value("loadgen_run_info", {**labels, "role": "standalone"}) == 1
+    run.is_worker = True
+    assert registry_for(run).get_sample_value("loadgen_run_info", {**labels, "role": "worker"}) == 1
+    run.is_worker, run.is_master = False, True
+    assert registry_for(run).get_sample_value("loadgen_run_info", {**labels, "role": "master"}) == 1
 
 
 def test_a_run_without_the_optional_figures_still_scrapes():
@@ -113,7 +117,7 @@ def test_a_run_without_the_optional_figures_still_scrapes():
     assert value("loadgen_calls_in_progress", scenario) == 0
     assert value("loadgen_event_loop_lag_seconds", scenario) == 0
     assert value("loadgen_users", scenario) == 0
-    assert value("loadgen_run_info", {"scenario": "voiceroom", "profile": "", "run_id": ""}) == 1
+    assert value("loadgen_run_info", {"scenario": "voiceroom", "profile": "", "run_id": "", "role": "standalone"}) == 1
     assert value("loadgen_close_codes_total", {"scenario": "voiceroom", "code": "1006"}) is None
 
 

@@ -1,9 +1,11 @@
 """Dashboards and SLO rules against a real Prometheus scraping real runs of every scenario.
 
-One reference backend (with bugs on, so invariant series exist) serves four locust processes,
-one per scenario, each with an SLO file; Debian's Prometheus scrapes them all every second.
+One reference backend (with bugs on, so invariant series exist) serves a run of every
+scenario, each with an SLO file: voice rooms as a distributed run (a master and two worker
+processes), the others standalone. Debian's Prometheus scrapes every process each second.
 While they run, every PromQL expression of every dashboard and of the rules `loadgen rules`
-writes must return data.
+writes must return data; when the distributed run is over, the workers' last scraped counters
+must add up to its summary.
 """
 
 import json
@@ -15,19 +17,22 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.scenarios.test_rooms_scenarios import BUSY_LIVE, BUSY_VOICE
-from tests.support import ROOT, SCALE, free_port
+from tests.support import ROOT, SCALE, free_port, free_ports_in_a_row
 
 sys.path.insert(0, str(ROOT / "dashboards"))
 import build  # noqa: E402  (the dashboards' own generator, not a package)
 
 # few callees, many callers: busy callees (a panel of their own) are certain within seconds
 CROWDED_CALLS = "call1v1:\n  callee_share: 0.2\n  call_rate: 1\n  talk_mean: 3\n"
-SCENARIOS = {"voiceroom.py": BUSY_VOICE, "livestream.py": BUSY_LIVE, "call1v1.py": CROWDED_CALLS, "messaging.py": ""}
+STANDALONE = {"livestream.py": BUSY_LIVE, "call1v1.py": CROWDED_CALLS, "messaging.py": ""}
 COMPARISON = re.compile(r"^(?P<figure>.*?)\s*(>=|<=|!=|==|>|<)\s*[-+0-9.e]+$", re.S)
 
 
@@ -38,9 +43,37 @@ def query(port: int, expr: str) -> list:
     return answer["data"]["result"]
 
 
+@dataclass
+class DistributedRun:
+    """The voice-room run of a master and two workers; its processes serve metrics on base, base+1, base+2."""
+
+    process: subprocess.Popen
+    metrics_base: int
+    summary: Path
+
+    @property
+    def worker_instances(self) -> str:
+        return f"127.0.0.1:({self.metrics_base + 1}|{self.metrics_base + 2})"
+
+
+@dataclass
+class Scraped:
+    prometheus_port: int
+    distributed: DistributedRun
+
+
+def start_locust(tmp_path, locustfile: str, profile: str, *args: str, log_name: str, logs: list):
+    profile_path = tmp_path / f"{log_name}.yaml"
+    profile_path.write_text(profile or "messaging:\n  rooms: 4\n")
+    command = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
+               "--profile", str(profile_path), "--results", str(tmp_path / log_name), *args]  # fmt: skip
+    logs.append(open(tmp_path / f"{log_name}.log", "wb"))
+    return subprocess.Popen(command, cwd=tmp_path, stdout=logs[-1], stderr=subprocess.STDOUT)
+
+
 @pytest.fixture
 def scraped_runs(tmp_path, backend):
-    """Four scenario runs, a backend with bugs, and Prometheus scraping them; yields the Prometheus port."""
+    """Every scenario running, a backend with bugs, and Prometheus scraping them all."""
     assert shutil.which("prometheus"), "Debian's prometheus is missing: run scripts/test-deps"
     server = backend("--bug", "seat-double-grant", "0.3", "--bug", "pk-score-skew", "0.3", "--seed", "9")
     review = ROOT / "locustfiles" / "slo" / "review.yaml"
@@ -49,17 +82,21 @@ def scraped_runs(tmp_path, backend):
     # the runs' own SLO must not abort them (the backend breaks invariants on purpose here)
     slo = tmp_path / "slo.yaml"
     slo.write_text('room.join: ["p(95) < 600ms"]\ninvariants.violations: ["count == 0"]\n')
+    common = ("--host", server.url, "--slo", str(slo), "-r", "40")
     targets, runs, logs = [f"127.0.0.1:{server.metrics_port}"], [], []
-    for locustfile, profile in SCENARIOS.items():
+    for locustfile, profile in STANDALONE.items():
         port = free_port()
         targets.append(f"127.0.0.1:{port}")
-        profile_path = tmp_path / f"{locustfile}.yaml"
-        profile_path.write_text(profile or "messaging:\n  rooms: 4\n")
-        command = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
-                   "-u", "30", "-r", "30", "-t", "60s", "--host", server.url, "--profile", str(profile_path),
-                   "--metrics-port", str(port), "--slo", str(slo), "--results", str(tmp_path / locustfile)]  # fmt: skip
-        logs.append(open(tmp_path / f"{locustfile}.log", "wb"))
-        runs.append(subprocess.Popen(command, cwd=tmp_path, stdout=logs[-1], stderr=subprocess.STDOUT))
+        runs.append(start_locust(tmp_path, locustfile, profile, *common, "-u", "30", "-t", "60s",
+                                 "--metrics-port", str(port), log_name=locustfile, logs=logs))  # fmt: skip
+    base, master_port = free_ports_in_a_row(3), str(free_port())
+    targets += [f"127.0.0.1:{port}" for port in (base, base + 1, base + 2)]
+    flags = ("-u", "40", "-t", "30s", "--processes", "2", "--master-bind-port", master_port,
+             "--master-port", master_port, "--metrics-port", str(base), "--metrics-linger", "3",
+             "--summary", str(tmp_path / "d.json"))  # fmt: skip
+    process = start_locust(tmp_path, "voiceroom.py", BUSY_VOICE, *common, *flags, log_name="distributed", logs=logs)
+    distributed = DistributedRun(process, base, tmp_path / "d.json")
+    runs.append(distributed.process)
     prometheus_port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
@@ -84,7 +121,7 @@ def scraped_runs(tmp_path, backend):
             except OSError:
                 time.sleep(0.2)
         time.sleep(10 * SCALE)  # a few scrapes before the first look
-        yield prometheus_port
+        yield Scraped(prometheus_port, distributed)
     finally:
         for process in runs:
             process.send_signal(signal.SIGTERM)
@@ -112,12 +149,38 @@ def expressions_without_data(port: int, rules_file) -> list[str]:
     return empty
 
 
-def test_every_dashboard_and_rule_expression_returns_data(scraped_runs, tmp_path):
-    """Every dashboard query and every rule expression returns series from real scrapes of real runs."""
+def last_values(port: int, metric: str, instances: str, by: str) -> Counter:
+    """The last scraped value of ``metric`` per ``by`` label, summed over the matching instances."""
+    totals: Counter = Counter()
+    for series in query(port, f'last_over_time({metric}{{instance=~"{instances}"}}[10m])'):
+        totals[series["metric"][by]] += float(series["value"][1])
+    return totals
+
+
+def test_dashboards_rules_and_worker_counters_against_real_scrapes(scraped_runs, tmp_path):
+    """Every dashboard query and rule expression returns series from real scrapes of real runs, standalone
+    and distributed; the distributed run's workers, summed, scraped last, count what its summary counts."""
+    port, distributed = scraped_runs.prometheus_port, scraped_runs.distributed
     # rare events (a PK, a busy callee) may take a while on a loaded machine: look again, within bounds
     deadline = time.monotonic() + 40 * SCALE
-    empty = expressions_without_data(scraped_runs, tmp_path / "rules.yml")
+    empty = expressions_without_data(port, tmp_path / "rules.yml")
     while empty and time.monotonic() < deadline:
         time.sleep(3)
-        empty = expressions_without_data(scraped_runs, tmp_path / "rules.yml")
+        empty = expressions_without_data(port, tmp_path / "rules.yml")
     assert not empty, "expressions without data:\n" + "\n".join(empty)
+
+    # an invariant broken on purpose fails the SLO, so the distributed run exits 1, summary written
+    assert distributed.process.wait(timeout=90 * SCALE) == 1
+    summary = json.loads(distributed.summary.read_text())
+    assert summary["generator"]["workers"] == 2 and "partial" not in summary
+    workers = distributed.worker_instances
+    messages = last_values(port, "loadgen_messages_total", workers, by="outcome")
+    assert messages["delivered"] > 0
+    assert messages == Counter({outcome: summary["messages"][outcome] for outcome in messages})
+    operations = last_values(port, "loadgen_operations_total", workers, by="op")
+    assert operations == Counter({op: figures["count"] for op, figures in summary["operations"].items()})
+    failures = last_values(port, "loadgen_operation_failures_total", workers, by="op")
+    assert failures == Counter({op: figures["failures"] for op, figures in summary["operations"].items()})
+    # the master serves the same run merged: reading it alone gives the summary too
+    master = last_values(port, "loadgen_messages_total", f"127.0.0.1:{distributed.metrics_base}", by="outcome")
+    assert master == messages

@@ -6,8 +6,9 @@ import gevent
 from locust.env import Environment
 from locust.event import Events
 
-from loadgen.run import install
+from loadgen.run import OPTIONS, install
 from loadgen.scenarios.messaging import ChatUser
+from tests.support import ROOT
 
 
 def test_each_test_of_a_process_gets_fresh_figures_and_its_own_summary(tmp_path, monkeypatch):
@@ -35,3 +36,11 @@ def test_each_test_of_a_process_gets_fresh_figures_and_its_own_summary(tmp_path,
         assert summary["operations"]["room.join"]["count"] == 10 + summary["connections"]["reconnects"]
         assert summary["messages"]["lost"] == 0
     assert environment.loadgen.backend is None
+
+
+def test_the_readme_lists_every_option_the_toolkit_adds():
+    """README's option table names every flag of loadgen.run.OPTIONS, and nothing else."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Options added to Locust") :].split("\n\n")[1]
+    listed = {line.split("`")[1].split()[0] for line in table.splitlines()[2:]}
+    assert listed == {flag for flag, _ in OPTIONS} | {"--profile"}

@@ -302,11 +302,13 @@ def test_rules_have_a_recording_rule_and_an_alert_per_check():
     assert len(records) == len(alerts) == len(review.checks)
     assert records["loadgen:slo:delivery_latency_p99_seconds"] == (
         "histogram_quantile(0.99, sum by (scenario, le) "
-        '(rate(loadgen_delivery_latency_seconds_bucket{scenario="voiceroom"}[5m])))'
+        '(rate(loadgen_delivery_latency_seconds_bucket{scenario="voiceroom"}[5m]) '
+        'and on (job, instance) loadgen_run_info{role!="master"}))'
     )
     assert 'op="room.join"' in records["loadgen:slo:room_join_p95_seconds"]
     assert records["loadgen:slo:messages_lost"] == (
-        'sum by (scenario) (loadgen_messages_total{scenario="voiceroom",outcome="lost"})'
+        'sum by (scenario) (loadgen_messages_total{scenario="voiceroom",outcome="lost"} '
+        'and on (job, instance) loadgen_run_info{role!="master"})'
     )
     lost = alerts["LoadgenSLOBreachMessagesLostCountEq0"]
     assert (lost["expr"], lost["for"], lost["labels"]["severity"]) == (
