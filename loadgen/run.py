@@ -60,6 +60,9 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
     ("--metrics-port", {"metavar": "PORT", "type": int, "default": None,
                         "help": "serve Prometheus metrics on PORT, workers on PORT + index + 1 (default 9646; "
                                 "0 turns it off; docs/metrics.md)"}),
+    ("--metrics-worker-port", {"metavar": "PORT", "type": int, "default": None,
+                               "help": "a worker serves metrics on exactly PORT, for one worker per pod or host "
+                                       "(Kubernetes, compose); default: --metrics-port + index + 1"}),
     ("--metrics-linger", {"metavar": "SECONDS", "type": float, "default": 0.0,
                           "help": "after the run, keep serving /metrics this long so Prometheus scrapes the final "
                                   "figures; set it to the scrape interval (default 0)"}),
@@ -255,7 +258,12 @@ class RunContext:
             return
         base = metrics.DEFAULT_PORT if chosen is None else chosen
         runner = self.environment.runner
-        port = metrics.metrics_port(base, runner.worker_index if self.is_worker else None)
+        fixed = getattr(self.options, "metrics_worker_port", None)
+        flag = "--metrics-port"
+        if self.is_worker and fixed is not None:
+            port, flag = fixed, "--metrics-worker-port"
+        else:
+            port = metrics.metrics_port(base, runner.worker_index if self.is_worker else None)
         host = self.options.metrics_host
         try:
             self.metrics_server = metrics.serve(self, port, host)
@@ -264,7 +272,7 @@ class RunContext:
                 # the default port being busy must not stop a run that never asked for metrics
                 log.warning("Metrics off: the default port %d on %s is busy (%s)", port, host, exc.strerror)
                 return
-            log.error("--metrics-port %d: cannot listen on %s: %s", port, host, exc.strerror)
+            log.error("%s: cannot listen on %s:%d: %s", flag, host, port, exc.strerror)
             sys.exit(EXIT_USAGE)
 
     def _target_backend(self) -> None:
