@@ -221,6 +221,12 @@ QUERIES: dict[str, dict[str, str]] = {
         "operations_rate": rate("loadgen_operations_total", by="instance"),
         "workers": f"count ({sel('loadgen_run_info')} {RUN})",
         "reconnects": rate("loadgen_reconnects_total", by="instance"),
+        "clock_offset": gauge("loadgen_clock_offset_seconds", by="instance", agg="max"),
+        "clock_uncertainty": gauge("loadgen_clock_uncertainty_seconds", by="instance", agg="max"),
+        "uncertain_ratio": ratio(
+            rate("loadgen_deliveries_uncertain_total"), rate("loadgen_deliveries_cross_process_total")
+        ),
+        "cross_process": rate("loadgen_deliveries_cross_process_total", by="instance"),
     },
 }
 
@@ -549,6 +555,29 @@ def generator_panels() -> list[dict[str, Any]]:
         timeseries("Messages sent / s per process", ("sent_rate", "{{instance}}"), unit="reqps", width=8),
         timeseries("Operations / s per process", ("operations_rate", "{{instance}}"), unit="reqps", width=8),
         timeseries("Reconnects / s per process", ("reconnects", "{{instance}}"), unit="reqps", width=8),
+        timeseries(
+            "Clock offset to the backend per process",
+            ("clock_offset", "{{instance}}"),
+            unit="s",
+            width=8,
+            description="Measured NTP-style against the backend's clock; cross-process latencies are corrected by it.",
+        ),
+        timeseries(
+            "Clock uncertainty per process",
+            ("clock_uncertainty", "{{instance}}"),
+            unit="s",
+            width=8,
+            description="Half the best round trip of the clock measurement: the most the offset can be off by.",
+        ),
+        timeseries(
+            "Cross-process deliveries: uncertain share",
+            ("uncertain_ratio", "uncertain"),
+            unit="percentunit",
+            width=8,
+            description="Latencies left out of the delivery histogram because the two clocks were not known well "
+            "enough (--clock-uncertainty-limit).",
+        ),
+        timeseries("Cross-process deliveries / s per receiver", ("cross_process", "{{instance}}"), unit="reqps"),
     ]
 
 

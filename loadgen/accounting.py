@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from hdrh.histogram import HdrHistogram
 
+from loadgen.clock import ProcessClock
 from loadgen.drivers.base import Delivery
 
 #: Histograms hold microseconds from 1 µs to one hour at three significant digits.
@@ -60,6 +61,10 @@ class MessageCounts:
     duplicated: int = 0
     out_of_order: int = 0
     recovered: int = 0
+    #: deliveries whose sender ran in another process (every one of them is also ``delivered``)
+    cross_process: int = 0
+    #: deliveries whose latency the two clocks could not bound within the limit: timed apart
+    uncertain: int = 0
 
 
 class OperationStats:
@@ -112,14 +117,16 @@ class Accounting:
         delivery_timeout: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
+        clock: ProcessClock | None = None,
     ) -> None:
         self.delivery_timeout = delivery_timeout
         self.monotonic = monotonic
         self.wallclock = wallclock
-        #: seconds to add to this process's wall clock to read the backend's clock
-        self.clock_offset = 0.0
+        self.clock = ProcessClock() if clock is None else clock
         self.counts = MessageCounts()
         self.latency = new_histogram()
+        #: latencies of deliveries counted ``uncertain``, kept out of ``latency``
+        self.uncertain_latency = new_histogram()
         self.send_lag = new_histogram()
         self.operations: dict[str, OperationStats] = {}
         # latencies not yet handed to Locust's table, by name, in milliseconds to 0.1 ms: fine
@@ -127,9 +134,14 @@ class Accounting:
         self.unreported: dict[str, Counter[float]] = {}
         self._tracks_with_holes: set[_Track] = set()
 
+    @property
+    def clock_offset(self) -> float:
+        """Seconds to add to this process's wall clock to read the backend's clock."""
+        return self.clock.offset
+
     def now(self) -> float:
         """The backend's time as this process best knows it."""
-        return self.wallclock() + self.clock_offset
+        return self.wallclock() + self.clock.offset
 
     def receiver(self) -> Receiver:
         return Receiver(self)
@@ -298,6 +310,12 @@ class Receiver:
         if outcome == "out_of_order":
             counts.out_of_order += 1
         latency = accounting.now() - delivery.sent_at
+        bound, crossed = accounting.clock.sender_bound(delivery.sender)
+        counts.cross_process += crossed
+        if accounting.clock.flags(bound):
+            counts.uncertain += 1
+            record_seconds(accounting.uncertain_latency, latency)
+            return outcome
         record_seconds(accounting.latency, latency)
         accounting._unreported("msg.deliver")[round(max(latency, 0.0) * 1000, 1)] += 1
         return outcome

@@ -14,13 +14,16 @@ from dataclasses import asdict, fields
 
 from hdrh.histogram import HdrHistogram
 
-from loadgen.accounting import Accounting, MessageCounts, OperationStats, new_histogram
+from loadgen.accounting import Accounting, MessageCounts, OperationStats
 
 REPORT = "loadgen_report"
 DRAIN = "loadgen_drain"
+#: master -> workers: every worker's clock uncertainty, so a receiver can bound a latency by its sender's
+CLOCKS = "loadgen_clocks"
 
 
-def _encode(histogram: HdrHistogram) -> str:
+def encode(histogram: HdrHistogram) -> str:
+    """HdrHistogram's compressed V2 encoding, base64, as text."""
     return histogram.encode().decode("ascii")
 
 
@@ -32,14 +35,17 @@ def _add(target: HdrHistogram, encoded: str) -> None:
 def snapshot(context, final: bool) -> dict:
     """A worker's whole run so far, in types Locust's message channel carries."""
     accounting = context.accounting
+    clock = context.clock
     return {
         "final": final,
+        "worker_index": context.worker_index,
         "counts": asdict(accounting.counts),
-        "latency": _encode(accounting.latency),
-        "send_lag": _encode(accounting.send_lag),
+        "latency": encode(accounting.latency),
+        "uncertain_latency": encode(accounting.uncertain_latency),
+        "send_lag": encode(accounting.send_lag),
         "operations": {
             name: {
-                "histogram": _encode(stats.histogram),
+                "histogram": encode(stats.histogram),
                 "count": stats.count,
                 "failures": stats.failures,
                 "refusals": dict(stats.refusals),
@@ -54,8 +60,7 @@ def snapshot(context, final: bool) -> dict:
         "malformed": context.malformed,
         "cpu_max_percent": context.cpu_max_percent,
         "rss_max_bytes": context.rss_max_bytes,
-        "clock_offset": accounting.clock_offset,
-        "clock_uncertainty": context.clock_uncertainty,
+        "clock": {"tag": clock.tag, "offset": clock.offset, "uncertainty": clock.uncertainty, "syncs": clock.syncs},
     }
 
 
@@ -68,11 +73,11 @@ def merge_into(context, reports: dict[str, dict]) -> None:
     connect_errors: Counter[str] = Counter()
     close_codes: Counter[int] = Counter()
     receipts = malformed = 0
-    uncertainties = []
     for report in reports.values():
         for name, value in report["counts"].items():
             counts[name] += value
         _add(accounting.latency, report["latency"])
+        _add(accounting.uncertain_latency, report["uncertain_latency"])
         _add(accounting.send_lag, report["send_lag"])
         for name, op in report["operations"].items():
             stats = accounting.operations.get(name) or accounting.operations.setdefault(name, OperationStats())
@@ -86,8 +91,6 @@ def merge_into(context, reports: dict[str, dict]) -> None:
         close_codes.update({int(code): n for code, n in report["close_codes"].items()})
         receipts += report["receipts"]
         malformed += report["malformed"]
-        if report["clock_uncertainty"] is not None:
-            uncertainties.append(report["clock_uncertainty"])
     accounting.counts = MessageCounts(**counts)
     context.accounting = accounting
     context.violations = Counter(key.split("\x1f", 1)[0] for key in violations)
@@ -97,9 +100,41 @@ def merge_into(context, reports: dict[str, dict]) -> None:
     context.receipts = receipts
     context.malformed = malformed
     context.workers_reported = len(reports)
-    context.clock_uncertainty = max(uncertainties, default=None)
+    context.worker_clocks = clocks(reports)
     context.worker_cpu_max_percent = max((r["cpu_max_percent"] for r in reports.values()), default=0.0)
     context.worker_rss_max_bytes = max((r["rss_max_bytes"] for r in reports.values()), default=0)
 
 
-__all__ = ["DRAIN", "REPORT", "merge_into", "new_histogram", "snapshot"]
+def worker_name(report: dict, node: str) -> str:
+    return report["clock"]["tag"] or node
+
+
+def per_worker(reports: dict[str, dict]) -> dict[str, dict]:
+    """Each worker's own counts, as its latest report gave them: the parts the merge adds up."""
+    return {
+        worker_name(report, node): {
+            "final": report["final"],
+            "messages": dict(report["counts"]),
+            "operations": {name: op["count"] for name, op in sorted(report["operations"].items())},
+        }
+        for node, report in sorted(reports.items(), key=lambda item: item[1]["worker_index"] or 0)
+    }
+
+
+def worker_histograms(reports: dict[str, dict]) -> dict[str, dict]:
+    """Each worker's encoded histograms, for checking (and redoing) the merge outside the run."""
+    return {
+        worker_name(report, node): {
+            "delivery_latency": report["latency"],
+            "operations": {name: op["histogram"] for name, op in sorted(report["operations"].items())},
+        }
+        for node, report in reports.items()
+    }
+
+
+def clocks(reports: dict[str, dict]) -> dict[str, dict]:
+    """Each worker's clock by tag (``w0``, ``w1`` …), as its latest report gave it."""
+    return {report["clock"]["tag"]: report["clock"] for report in reports.values() if report["clock"]["tag"]}
+
+
+__all__ = ["CLOCKS", "DRAIN", "REPORT", "clocks", "merge_into", "per_worker", "snapshot", "worker_histograms"]

@@ -34,6 +34,17 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "End-to-end latency of delivered messages, sender's send to receiver's receipt.",
         ("scenario",),
     ),
+    "loadgen_deliveries_cross_process": (
+        "counter",
+        "Deliveries whose sender ran in another generator process (also counted delivered).",
+        ("scenario",),
+    ),
+    "loadgen_deliveries_uncertain": (
+        "counter",
+        "Deliveries whose latency is left out of loadgen_delivery_latency_seconds: sender's and receiver's "
+        "clock uncertainties together exceeded --clock-uncertainty-limit.",
+        ("scenario",),
+    ),
     "loadgen_operations": (
         "counter",
         "Client operations and fan-out receptions by name, failures and refusals included.",
@@ -82,6 +93,16 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "loadgen_event_loop_lag_seconds": (
         "gauge",
         "How late gevent's hub last woke a one-second timer; a CPU-starved generator shows here first.",
+        ("scenario",),
+    ),
+    "loadgen_clock_offset_seconds": (
+        "gauge",
+        "The backend's clock minus this process's, as last measured (workers and standalone processes).",
+        ("scenario",),
+    ),
+    "loadgen_clock_uncertainty_seconds": (
+        "gauge",
+        "How far the measured clock offset may be off: half the round trip of its best sample.",
         ("scenario",),
     ),
     "loadgen_run_info": (
@@ -188,6 +209,8 @@ class RunCollector(Collector):
         latency = self._family("loadgen_delivery_latency_seconds")
         latency.add_metric([scenario], *hdr_buckets(accounting.latency))
         yield latency
+        yield self._single("loadgen_deliveries_cross_process", counts.cross_process)
+        yield self._single("loadgen_deliveries_uncertain", counts.uncertain)
 
         operations = self._family("loadgen_operations")
         failures = self._family("loadgen_operation_failures")
@@ -226,6 +249,10 @@ class RunCollector(Collector):
             "loadgen_process_resident_memory_bytes", 0 if runner is None else runner.current_memory_usage
         )
         yield self._single("loadgen_event_loop_lag_seconds", getattr(context, "loop_lag_seconds", 0.0))
+        clock = getattr(context, "clock", None)
+        if clock is not None and clock.estimate is not None:
+            yield self._single("loadgen_clock_offset_seconds", clock.offset)
+            yield self._single("loadgen_clock_uncertainty_seconds", clock.uncertainty)
         info = self._family("loadgen_run_info")
         info.add_metric([scenario, context.profile.path or "", getattr(context, "run_id", ""), role(context)], 1)
         yield info

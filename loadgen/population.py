@@ -35,8 +35,14 @@ class Zipf:
         return self.cumulative[rank] - below
 
 
-def user_random(scenario: str, index: int | str) -> random.Random:
-    return random.Random(f"{scenario}/{index}")
+def user_random(scenario: str, index: int, worker_index: int | None = None) -> random.Random:
+    """User ``index``'s own random source: the same on every run with the same worker index.
+
+    Each worker of a distributed run numbers its users from 0; the worker index keeps their
+    draws apart, so every worker's users spread over the same rooms by the same law and a hot
+    room's members sit on every worker.
+    """
+    return random.Random(f"{scenario}/{index}" if worker_index is None else f"{scenario}/{worker_index}/{index}")
 
 
 def draw_role(rng: random.Random, shares: Mapping[str, float], rest: str) -> str:
@@ -47,3 +53,18 @@ def draw_role(rng: random.Random, shares: Mapping[str, float], rest: str) -> str
             return role
         point -= share
     return rest
+
+
+def worker_tag(user_id: str) -> str | None:
+    """The worker a user id of this toolkit belongs to (``w3`` for ``w3-u17``), None for others."""
+    prefix, dash, _ = user_id.partition("-")
+    return prefix if dash and prefix[:1] == "w" and prefix[1:].isdigit() else None
+
+
+def make_user_id(worker_index: int | None, number: int) -> str:
+    """User ``number`` of a process: ``u17`` standalone, ``w3-u17`` on worker 3.
+
+    Ids are unique across the workers of a distributed run (a second login of one id would
+    replace the first connection), and name the worker, whose clock stamped the user's messages.
+    """
+    return f"u{number}" if worker_index is None else f"w{worker_index}-u{number}"

@@ -22,14 +22,16 @@ import configargparse
 import gevent
 from locust import log as locust_log
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
 from loadgen import grafana, merge, metrics
 from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
+from loadgen.clock import Estimate, ProcessClock
 from loadgen.embedded import BackendStartError, EmbeddedBackend
+from loadgen.population import make_user_id, worker_tag
 from loadgen.profile import ProfileError, load_profile
 from loadgen.session import OperationFailed, Refused, Session
 from loadgen.shapes import install_shape
@@ -74,6 +76,12 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
                        "help": "mark the run's start, stages, SLO breaches and end as Grafana annotations"}),
     ("--grafana-token-env", {"metavar": "VAR", "default": "GRAFANA_TOKEN",
                              "help": "environment variable holding the Grafana API token (default GRAFANA_TOKEN)"}),
+    ("--clock-sync-interval", {"metavar": "SECONDS", "type": float, "default": 30.0,
+                               "help": "re-measure this process's clock offset to the backend this often "
+                                       "(default 30; 0: once, at the start; docs/distributed.md)"}),
+    ("--clock-uncertainty-limit", {"metavar": "MS", "type": float, "default": 10.0,
+                                   "help": "a latency across two processes whose clocks are not known this well "
+                                           "is counted apart as uncertain (default 10 ms)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
                            "help": "how long an operation may wait for the backend's reply (default 10)"}),
 )  # fmt: skip
@@ -145,20 +153,16 @@ class RunContext:
         self.options = options
         self.is_worker = isinstance(environment.runner, WorkerRunner)
         self.is_master = isinstance(environment.runner, MasterRunner)
+        tag = worker_tag(make_user_id(self.worker_index, 0)) if self.is_worker else None
+        # the clock outlives a test: the web UI may start several in one process
+        self.clock = ProcessClock(tag)
         try:
-            if options is not None and options.delivery_timeout <= 0:
-                raise ProfileError("--delivery-timeout", None, "", "must be a positive number of seconds")
-            self.profile = load_profile(profile_path(getattr(options, "profile", None)))
+            self._read_run_options()
             slo_path = getattr(options, "slo", None)
             self.slo = None if slo_path is None else slo_module.load_slo(slo_path)
         except (ProfileError, slo_module.SloError) as exc:
             log.error("%s", exc)
             sys.exit(EXIT_USAGE)
-        delivery_timeout = getattr(options, "delivery_timeout", 5.0)
-        drain = getattr(options, "drain", None)
-        self.drain_seconds = delivery_timeout if drain is None else drain
-        self.request_timeout = getattr(options, "request_timeout", 10.0)
-        self.delivery_timeout = delivery_timeout
         self.backend: EmbeddedBackend | None = None
         self.sessions: set = set()
         self.annotator: grafana.Annotator | None = None
@@ -167,9 +171,28 @@ class RunContext:
         self._begin_test()
         environment.loadgen = self
 
+    def _read_run_options(self) -> None:
+        """The options that shape a test, from the command line, or on a worker from the master.
+
+        Locust hands the master's own options to every worker when a test starts, so a worker
+        started with nothing but ``--worker`` runs the master's profile, timeouts and clock
+        settings. What each process serves (metrics port, host) stays its own.
+        """
+        options = self.options
+        delivery_timeout = getattr(options, "delivery_timeout", 5.0)
+        if delivery_timeout <= 0:
+            raise ProfileError("--delivery-timeout", None, "", "must be a positive number of seconds")
+        self.profile = load_profile(profile_path(getattr(options, "profile", None)))
+        drain = getattr(options, "drain", None)
+        self.drain_seconds = delivery_timeout if drain is None else drain
+        self.request_timeout = getattr(options, "request_timeout", 10.0)
+        self.delivery_timeout = delivery_timeout
+        self.clock_sync_interval = getattr(options, "clock_sync_interval", 30.0)
+        self.clock.limit = getattr(options, "clock_uncertainty_limit", 10.0) / 1000
+
     def _begin_test(self) -> None:
         """Fresh figures for a test: the web UI can stop a test and start another in one process."""
-        self.accounting = Accounting(self.delivery_timeout)
+        self.accounting = Accounting(self.delivery_timeout, clock=self.clock)
         # users are numbered per test: the population model gives user n the same room and
         # role in every test, and the first users host the rooms
         self.user_ids: list[str] = []
@@ -192,14 +215,20 @@ class RunContext:
         self.connect_errors: Counter[str] = Counter()
         self.receipts = 0
         self.malformed = 0
-        self.clock_uncertainty: float | None = None
+        self.clock_synced_mono: float | None = None
+        #: worker tag -> its clock as last reported (master only)
+        self.worker_clocks: dict[str, dict] = {}
         self._greenlets: list[gevent.Greenlet] = []
         self._reported = {"duplicated": 0, "out_of_order": 0}
         self.slo_results: list = []
         self._stage_target: int | None = None
         self.worker_reports: dict[str, dict] = {}
+        self._report_arrived: dict[str, float] = {}
+        self._relayed_clocks: dict[str, float] = {}
         self.workers_reported = 0
         self.partial_workers: list[str] = []
+        #: node id -> what the master knew of a worker that vanished mid-run without final figures
+        self.lost_workers: dict[str, dict] = {}
         self.aborted: str | None = None
         self.final_exit_code: int | None = None
         self.violations: Counter[str] = Counter()
@@ -220,6 +249,7 @@ class RunContext:
         runner = self.environment.runner
         if self.is_worker:
             runner.register_message(merge.DRAIN, self._on_drain_request, concurrent=True)
+            runner.register_message(merge.CLOCKS, self._on_clocks)
         elif self.is_master:
             runner.register_message(merge.REPORT, self._on_report)
         if not self.is_worker:
@@ -308,7 +338,15 @@ class RunContext:
         return None
 
     def _on_test_start(self, **_kwargs) -> None:
-        if self.started_mono is not None:
+        if self.is_worker:
+            try:
+                self._read_run_options()
+            except ProfileError as exc:
+                log.error("The master's options do not work on this worker: %s", exc)
+                gevent.spawn(self.environment.runner.quit)
+                return
+            self._begin_test()
+        elif self.started_mono is not None:
             self._begin_test()
         self.started_wall = time.time()
         self.started_mono = time.monotonic()
@@ -319,20 +357,22 @@ class RunContext:
         self._greenlets = [gevent.spawn(self._housekeeping)]
 
     def sync_clock(self) -> None:
-        """Learn the backend's clock before the first message is stamped.
+        """Measure the backend's clock against ours, NTP-style, on a connection of its own.
 
-        Done once, before users start: changing the offset while messages are in flight
-        would shift their measured latency by the change.
+        The first measurement comes before any user starts; later ones follow drift (see
+        loadgen.clock). A worker reports each one at once, so the master can tell the others
+        how far this worker's stamps can be trusted.
         """
         user_classes = self.environment.user_classes or []
         driver = next((c.driver for c in user_classes if hasattr(c, "driver")), None)
         if driver is None or not self.environment.host:
             return
+        self.clock_synced_mono = time.monotonic()
         probe = Session(
             self.environment.host,
             driver(),
             Accounting().receiver(),
-            reporter=self.report,
+            reporter=self._report_clock_sync,
             request_timeout=self.request_timeout,
             ping_interval=None,
         )
@@ -340,13 +380,23 @@ class RunContext:
             probe.connect()
             offset, uncertainty = probe.sync_clock()
         except (TransportError, OperationFailed) as exc:
-            log.warning("Clock sync with %s failed (%s); assuming the clocks agree", self.environment.host, exc)
+            known = "keeping the last offset" if self.clock.estimate else "assuming the clocks agree"
+            log.warning("Clock sync with %s failed (%s); %s", self.environment.host, exc, known)
             return
         finally:
             probe.close()
-        self.accounting.clock_offset = offset
-        self.clock_uncertainty = uncertainty
-        log.info("Backend clock offset %+.3f ms (± %.3f ms)", offset * 1000, uncertainty * 1000)
+        first = self.clock.estimate is None
+        self.clock.adopt(Estimate(offset, uncertainty))
+        (log.info if first else log.debug)(
+            "Backend clock offset %+.3f ms (± %.3f ms)", offset * 1000, uncertainty * 1000
+        )
+        if self.is_worker and not self.drained:
+            self._report(final=False)
+
+    def _report_clock_sync(self, name: str, seconds: float, error: BaseException | None) -> None:
+        """The clock probe is not a user: only its sync round trips are worth a line of the table."""
+        if name == "clock.sync":
+            self.report(name, seconds, error)
 
     def _housekeeping(self) -> None:
         """Once a second: expire holes, feed Locust's table, watch the generator itself."""
@@ -358,9 +408,14 @@ class RunContext:
             self.loop_lag_seconds = max(time.monotonic() - asked - 1.0, 0.0)
             self.accounting.expire()
             self.flush_to_locust()
+            interval = self.clock_sync_interval
+            synced = self.clock_synced_mono
+            if interval > 0 and synced is not None and time.monotonic() - synced >= interval and not self.draining:
+                self._greenlets.append(gevent.spawn(self.sync_clock))
             if self.is_worker and not self.drained:
                 self._report(final=False)
             elif self.is_master and self.worker_reports:
+                self._watch_workers()
                 merge.merge_into(self, self.worker_reports)
             stale = time.monotonic() - 120
             for call in [c for c, entry in self._calls.items() if entry["opened"] < stale]:
@@ -505,10 +560,7 @@ class RunContext:
                 )
 
     def new_user_id(self) -> str:
-        # user ids are unique across the workers of a distributed run; a second login of the
-        # same id would replace the first connection
-        worker = f"w{self.environment.runner.worker_index}-" if self.is_worker else ""
-        user_id = f"{worker}u{len(self.user_ids)}"
+        user_id = make_user_id(self.worker_index, len(self.user_ids))
         self.user_ids.append(user_id)
         return user_id
 
@@ -529,6 +581,51 @@ class RunContext:
         if known is not None and known["final"] and not msg.data["final"]:
             return  # a periodic report overtaken by the final one
         self.worker_reports[msg.node_id] = msg.data
+        self._report_arrived[msg.node_id] = time.monotonic()
+        self._relay_clocks()
+
+    def _relay_clocks(self) -> None:
+        """Tell every worker how well each worker knows its clock, whenever that changes."""
+        table = {
+            tag: clock["uncertainty"]
+            for tag, clock in merge.clocks(self.worker_reports).items()
+            if clock["uncertainty"] is not None
+        }
+        if table != self._relayed_clocks:
+            self._relayed_clocks = table
+            self.environment.runner.send_message(merge.CLOCKS, table)
+
+    def _on_clocks(self, environment: Environment, msg, **_kwargs) -> None:
+        self.clock.peers = dict(msg.data)
+
+    def _watch_workers(self) -> None:
+        """A worker gone without final figures (killed, its machine lost) makes the results partial.
+
+        Its last periodic report stays in the merge: the counts it had up to then are kept.
+        """
+        runner = self.environment.runner
+        alive = {client.id for client in runner.clients.all if client.state != STATE_MISSING}
+        started = self.started_mono or time.monotonic()
+        for node, report in self.worker_reports.items():
+            if node in alive or report["final"] or node in self.lost_workers:
+                continue
+            counts = report["counts"]
+            lost = {
+                "worker": node,
+                "index": report["worker_index"],
+                "lost_after_s": round(time.monotonic() - started, 1),
+                "last_report_after_s": round(self._report_arrived[node] - started, 1),
+                "last_counts": {k: counts[k] for k in ("sent", "delivered", "lost", "duplicated", "out_of_order")},
+            }
+            self.lost_workers[node] = lost
+            log.error(
+                "Worker %s (index %s) is gone %.1f s into the run; keeping its figures up to %.1f s: "
+                "the results will be partial",
+                node,
+                lost["index"],
+                lost["lost_after_s"],
+                lost["last_report_after_s"],
+            )
 
     def _on_drain_request(self, environment: Environment, msg, **_kwargs) -> None:
         """The master is ending the test: drain here, then send the final figures."""
@@ -538,8 +635,11 @@ class RunContext:
     def _drain_workers(self) -> None:
         """Ask every worker to drain and wait (bounded) for their final reports before the verdict."""
         runner = self.environment.runner
-        expected = {client.id for client in runner.clients.all}
+        self._watch_workers()
+        expected = {client.id for client in runner.clients.all if client.state != STATE_MISSING}
+        expected -= set(self.lost_workers)
         if not expected:
+            merge.merge_into(self, self.worker_reports)
             return
         runner.send_message(merge.DRAIN)
         deadline = time.monotonic() + self.drain_seconds + self.request_timeout + 10
@@ -656,6 +756,7 @@ class RunContext:
         elif exit_code is None and self.slo is not None:
             self.slo_results = slo_module.evaluate(self.slo, data)
             data["slo"] = slo_module.slo_block(self.slo, self.slo_results)
+            data["slo"]["partial"] = "partial" in data
             exit_code = slo_module.exit_code(self.slo_results)
         elif exit_code is None:
             exit_code = self._locust_exit_code()
@@ -672,6 +773,11 @@ class RunContext:
                 summary_module.write(data, target)
             except OSError as exc:
                 log.error("Could not write the summary to %s: %s", target, exc.strerror)
+        histograms = self.results_dir() / "histograms.json"
+        try:
+            summary_module.write(summary_module.histograms(self), histograms)
+        except OSError as exc:
+            log.error("Could not write the histograms to %s: %s", histograms, exc.strerror)
         if unreachable is None and exit_code == EXIT_UNREACHABLE:
             reason = self.connect_errors.most_common(1)[0][0]
             log.error("Could not reach the backend at %s: %s", self.environment.host, reason)
@@ -681,6 +787,9 @@ class RunContext:
             if self.slo is not None:
                 for line in slo_module.format_table(self.slo_results).splitlines():
                     log.info("%s", line)
+            if "partial" in data:
+                # a verdict on part of the load: say so beside it, not only in the JSON
+                log.error("The verdict covers PARTIAL results: a worker's figures are missing (summary: partial)")
         log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
 
 

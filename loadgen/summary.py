@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 
+from loadgen import merge
 from loadgen.accounting import percentiles_ms
 
 SCHEMA_VERSION = 1
@@ -47,6 +48,9 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
             "recovered": counts.recovered,
             "delivery_timeout_s": accounting.delivery_timeout,
             "delivery_latency_ms": percentiles_ms(accounting.latency),
+            "cross_process": counts.cross_process,
+            "uncertain": counts.uncertain,
+            "uncertain_latency_ms": percentiles_ms(accounting.uncertain_latency),
         },
         "operations": operations,
         "connections": {
@@ -64,17 +68,58 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
             "cpu_max_percent": round(context.cpu_max_percent, 1),
             "rss_max_mb": round(context.rss_max_bytes / 2**20, 1),
             "workers": context.workers_reported if context.is_master else 1,
-            "clock_offset_ms": round(accounting.clock_offset * 1000, 3),
-            "clock_uncertainty_ms": None
-            if context.clock_uncertainty is None
-            else round(context.clock_uncertainty * 1000, 3),
+            "clock": _clock(context),
             "send_lag_ms": percentiles_ms(accounting.send_lag),
         },
     }
     if unreachable is not None:
         data["error"] = f"could not reach the backend: {unreachable}"
-    if getattr(context, "partial_workers", None):
-        data["partial"] = {"missing_workers": context.partial_workers}
+    if context.is_master:
+        data["workers"] = merge.per_worker(context.worker_reports)
+    missing, lost = context.partial_workers, list(context.lost_workers.values())
+    if missing or lost:
+        data["partial"] = {"missing_workers": missing, "lost_workers": lost}
+    return data
+
+
+def _clock(context) -> dict:
+    """Each process's clock against the backend's: this one's, or on a master every worker's."""
+
+    def ms(seconds: float | None) -> float | None:
+        return None if seconds is None else round(seconds * 1000, 3)
+
+    clock = context.clock
+    if context.is_master:
+        processes = {tag: c for tag, c in sorted(context.worker_clocks.items())}
+    else:
+        processes = {clock.tag or "standalone": {"offset": clock.offset, "uncertainty": clock.uncertainty,
+                                                 "syncs": clock.syncs}}  # fmt: skip
+    return {
+        "sync_interval_s": context.clock_sync_interval,
+        "uncertainty_limit_ms": ms(clock.limit),
+        "processes": {
+            name: {"offset_ms": ms(c["offset"]), "uncertainty_ms": ms(c["uncertainty"]), "syncs": c["syncs"]}
+            for name, c in processes.items()
+        },
+    }
+
+
+def histograms(context) -> dict:
+    """The run's final histograms, encoded: the exact distributions behind the summary's percentiles.
+
+    A distributed run's master adds each worker's own, so the merge can be checked or redone.
+    """
+    accounting = context.accounting
+    data = {
+        "schema": SCHEMA_VERSION,
+        "run_id": context.run_id,
+        "unit": "microseconds",
+        "encoding": "HdrHistogram V2, compressed, base64 (HdrHistogram.encode())",
+        "delivery_latency": merge.encode(accounting.latency),
+        "operations": {name: merge.encode(stats.histogram) for name, stats in sorted(accounting.operations.items())},
+    }
+    if context.is_master:
+        data["workers"] = merge.worker_histograms(context.worker_reports)
     return data
 
 
@@ -83,9 +128,9 @@ def _iso(timestamp: float) -> str:
 
 
 def write(data: dict, path: Path) -> None:
-    """Write atomically, so a reader never sees half a summary."""
+    """Write JSON atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".summary-", suffix=".json")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
@@ -107,6 +152,11 @@ def format_table(data: dict) -> str:
         f"  latency ms  p50 {lat['p50']:.3f}  p95 {lat['p95']:.3f}  p99 {lat['p99']:.3f}"
         f"  p99.9 {lat['p999']:.3f}  max {lat['max']:.3f}",
     ]
+    if m["uncertain"]:
+        lines.append(
+            f"  {m['uncertain']} latencies across processes left out: clocks not known within "
+            f"{data['generator']['clock']['uncertainty_limit_ms']} ms (messages.uncertain)"
+        )
     lag = data["generator"]["send_lag_ms"]
     lines.append(f"  send lag behind schedule ms  p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
     if data["operations"]:
@@ -116,4 +166,13 @@ def format_table(data: dict) -> str:
                 f"  {name:<18}{op['count']:>9}{op['failures']:>7}"
                 f"{op['p50_ms']:>10.2f}{op['p95_ms']:>10.2f}{op['p99_ms']:>10.2f}"
             )
+    partial = data.get("partial")
+    if partial:
+        for worker in partial["lost_workers"]:
+            lines.append(
+                f"  PARTIAL RESULTS: worker {worker['index']} ({worker['worker']}) was lost "
+                f"{worker['lost_after_s']} s into the run; its figures up to {worker['last_report_after_s']} s are kept"
+            )
+        if partial["missing_workers"]:
+            lines.append(f"  PARTIAL RESULTS: no final figures from {', '.join(partial['missing_workers'])}")
     return "\n".join(lines)

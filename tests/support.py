@@ -107,3 +107,71 @@ def run_locust(tmp: Path, locustfile: str, *args: str, timeout: float = 120) -> 
     )
     data = json.loads(summary.read_text()) if summary.exists() else None
     return LocustRun(done.returncode, done.stdout + done.stderr, data)
+
+
+#: libfaketime from Debian's faketime package: a process whose wall clock runs ahead, as on a
+#: machine with a bad clock; monotonic time (gevent's timers) is left alone
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+def skewed_clock(seconds: float) -> dict[str, str]:
+    """Environment that shifts a process's wall clock by ``seconds``."""
+    assert LIBFAKETIME.exists(), "Debian's faketime is missing: run scripts/test-deps"
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": f"{seconds:+g}",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "FAKETIME_NO_CACHE": "1",
+    }
+
+
+class Cluster:
+    """A headless Locust master and worker processes started apart, as on separate machines."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        locustfile: str,
+        *master_args: str,
+        workers: list[dict[str, str]],
+        worker_args: tuple[str, ...] = ("--metrics-port", "0"),
+    ) -> None:
+        self.tmp = tmp
+        self.summary = tmp / "cluster-summary.json"
+        self.results = tmp / "cluster-results"
+        port = str(free_port())
+        path = str(ROOT / "locustfiles" / locustfile)
+        master = [sys.executable, "-m", "locust", "-f", path, "--master", "--headless", "--master-bind-port", port,
+                  "--expect-workers", str(len(workers)), "--summary", str(self.summary),
+                  "--results", str(self.results), *master_args]  # fmt: skip
+        self.master = self._start(master, "master", {})
+        worker = [sys.executable, "-m", "locust", "-f", path, "--worker", "--master-port", port, *worker_args]
+        self.workers = [self._start(worker, f"worker{n}", env) for n, env in enumerate(workers)]
+
+    def _start(self, command: list[str], name: str, env: dict[str, str]) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.log", "wb")
+        process = subprocess.Popen(
+            command, cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env}
+        )
+        log.close()
+        return process
+
+    def log(self, name: str = "master") -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def wait(self, timeout: float = 120) -> dict:
+        """Wait for the master to end the run; the summary it wrote."""
+        try:
+            self.master.wait(timeout=timeout * SCALE)
+            for worker in self.workers:
+                worker.wait(timeout=30 * SCALE)
+        finally:
+            self.stop()
+        assert self.summary.exists(), self.log()[-3000:]
+        return json.loads(self.summary.read_text())
+
+    def stop(self) -> None:
+        for process in (self.master, *self.workers):
+            if process.poll() is None:
+                process.kill()
+                process.wait()

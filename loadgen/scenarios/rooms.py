@@ -34,7 +34,7 @@ class RoomMember(RealtimeUser):
             f"{self.scenario}.zipf", lambda: Zipf(self.knobs.rooms, self.knobs.zipf_s)
         )
         worker = self.run_context.worker_index
-        self.rng = user_random(self.scenario, self.index if worker is None else f"{worker}/{self.index}")
+        self.rng = user_random(self.scenario, self.index, worker)
         # one host per room: in a distributed run the first worker's first users host them
         if self.index < self.knobs.rooms and not worker:
             self.role = self.host_role
