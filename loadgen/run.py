@@ -207,7 +207,12 @@ class RunContext:
         self.users_peak = 0
         self.cpu_max_percent = 0.0
         self.rss_max_bytes = 0
-        self.run_id = uuid.uuid4().hex[:12]
+        # a distributed run has one id: the master's, which reaches the workers with its options
+        # when Locust hands them over at the start of each test
+        inherited = getattr(self.options, "loadgen_run_id", None) if self.is_worker else None
+        self.run_id = inherited or uuid.uuid4().hex[:12]
+        if self.is_master and self.options is not None:
+            self.options.loadgen_run_id = self.run_id
         self.users: set = set()
         self.close_codes: Counter[int] = Counter()
         self.loop_lag_seconds = 0.0

@@ -110,7 +110,9 @@ def test_the_merge_equals_the_workers_own_counts_and_histograms(tmp_path, write_
     while not cluster.summary.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     own = {f"w{n}": scrape(base + n + 1) for n in range(2)}
+    run_ids = {port: run_id(port) for port in (base, base + 1, base + 2)}
     summary = cluster.wait()
+    assert set(run_ids.values()) == {summary["run_id"]}, run_ids
     assert summary["messages"]["cross_process"] > 0 and "partial" not in summary
     for tag, figures in summary["workers"].items():
         counters = own[tag]
@@ -139,6 +141,15 @@ def decoded(path, name: str, workers: bool = False) -> HdrHistogram:
         encoded = source["delivery_latency"] if name == "delivery_latency" else source["operations"][name]
         histogram.decode_and_add(encoded.encode("ascii"))
     return histogram
+
+
+def run_id(port: int) -> str:
+    """The run id a process labels its metrics with."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "loadgen_run_info":
+            return family.samples[0].labels["run_id"]
+    raise AssertionError(f"no loadgen_run_info on port {port}")
 
 
 def scrape(port: int) -> dict[str, dict[str, float]]:
