@@ -58,6 +58,7 @@ def snapshot(context, final: bool) -> dict:
         "close_codes": {str(code): n for code, n in context.close_codes.items()},
         "receipts": context.receipts,
         "malformed": context.malformed,
+        "loop_lag": context.loop_lag_seconds,
         "cpu_max_percent": context.cpu_max_percent,
         "rss_max_bytes": context.rss_max_bytes,
         "clock": {"tag": clock.tag, "offset": clock.offset, "uncertainty": clock.uncertainty, "syncs": clock.syncs},

@@ -25,7 +25,7 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import grafana, merge, metrics
+from loadgen import grafana, merge, metrics, record
 from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
@@ -54,6 +54,8 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
                    "help": "also write the run's summary JSON to PATH (it is always written to the results folder)"}),
     ("--results", {"metavar": "DIR", "default": None,
                    "help": "results folder of the run (default: results/<UTC time>-<scenario>/)"}),
+    ("--series-interval", {"metavar": "SECONDS", "type": float, "default": 2.0,
+                           "help": "add a line to the results folder's timeseries.jsonl this often (default 2)"}),
     ("--delivery-timeout", {"metavar": "SECONDS", "type": float, "default": 5.0,
                             "help": "a message missing this long while its receiver stayed in the room "
                                     "counts as lost (default 5)"}),
@@ -227,6 +229,7 @@ class RunContext:
         self._reported = {"duplicated": 0, "out_of_order": 0}
         self.slo_results: list = []
         self._stage_target: int | None = None
+        self.recorder: record.Recorder | None = None
         self.worker_reports: dict[str, dict] = {}
         self._report_arrived: dict[str, float] = {}
         self._relayed_clocks: dict[str, float] = {}
@@ -359,6 +362,8 @@ class RunContext:
             self.sync_clock()
         if not self.is_worker:
             self.annotate("run", f"{self.scenario} run {self.run_id} started")
+            self.recorder = record.Recorder(self.results_dir(), getattr(self.options, "series_interval", 2.0))
+            self.recorder.start(self)
         self._greenlets = [gevent.spawn(self._housekeeping)]
 
     def sync_clock(self) -> None:
@@ -431,10 +436,14 @@ class RunContext:
                 if target is not None and target != self._stage_target:
                     self._stage_target = target
                     self.annotate("stage", f"target {target} users")
+                    if self.recorder is not None:
+                        self.recorder.stage(f"target {target} users")
             if runner is not None:
                 self.users_peak = max(self.users_peak, runner.user_count)
                 self.cpu_max_percent = max(self.cpu_max_percent, runner.current_cpu_usage)
                 self.rss_max_bytes = max(self.rss_max_bytes, runner.current_memory_usage)
+            if self.recorder is not None:
+                self.recorder.tick(self)
 
     def _judge_live(self) -> None:
         """Evaluate the SLO on the figures so far; a failed abort_on_fail check past its grace stops the run."""
@@ -700,6 +709,8 @@ class RunContext:
             return
         if self.is_master and self.worker_reports:
             merge.merge_into(self, self.worker_reports)
+        if self.recorder is not None:
+            self.recorder.close(self)
         self._write_results(self._exit_code())
 
     def _on_quitting(self, environment: Environment, **_kwargs) -> None:
@@ -778,11 +789,7 @@ class RunContext:
                 summary_module.write(data, target)
             except OSError as exc:
                 log.error("Could not write the summary to %s: %s", target, exc.strerror)
-        histograms = self.results_dir() / "histograms.json"
-        try:
-            summary_module.write(summary_module.histograms(self), histograms)
-        except OSError as exc:
-            log.error("Could not write the histograms to %s: %s", histograms, exc.strerror)
+        self.write_histograms()
         if unreachable is None and exit_code == EXIT_UNREACHABLE:
             reason = self.connect_errors.most_common(1)[0][0]
             log.error("Could not reach the backend at %s: %s", self.environment.host, reason)
@@ -796,6 +803,39 @@ class RunContext:
                 # a verdict on part of the load: say so beside it, not only in the JSON
                 log.error("The verdict covers PARTIAL results: a worker's figures are missing (summary: partial)")
         log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
+
+    def write_histograms(self) -> None:
+        target = self.results_dir() / "histograms.json"
+        try:
+            summary_module.write(summary_module.histograms(self), target)
+        except OSError as exc:
+            log.error("Could not write the histograms to %s: %s", target, exc.strerror)
+
+    def load_now(self) -> dict:
+        """Users and the generator's health at this moment; on a master, the busiest worker's."""
+        runner = self.environment.runner
+        cpu, rss, lag = runner.current_cpu_usage, runner.current_memory_usage, self.loop_lag_seconds
+        workers = 1
+        if self.is_master:
+            clients = list(runner.clients.all)
+            workers = len(clients)
+            cpu = max([cpu, *(client.cpu_usage for client in clients)])
+            rss = max([rss, *(client.memory_usage for client in clients)])
+            lag = max([lag, *(report["loop_lag"] for report in self.worker_reports.values())])
+        return {
+            "users": runner.user_count,
+            "target_users": getattr(runner, "target_user_count", None),
+            "workers": workers,
+            "cpu_percent": round(cpu, 1),
+            "rss_mb": round(rss / 2**20, 1),
+            "loop_lag_ms": round(lag * 1000, 1),
+        }
+
+    def option_values(self) -> dict:
+        """Locust's load flags and every option the toolkit adds, as this run has them."""
+        names = ["num_users", "spawn_rate", "run_time", "headless", "expect_workers", "processes"]
+        names += [flag[2:].replace("-", "_") for flag, _ in OPTIONS]
+        return {name: getattr(self.options, name, None) for name in names}
 
 
 class InvariantViolation(Exception):

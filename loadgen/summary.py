@@ -134,6 +134,8 @@ def write(data: dict, path: Path) -> None:
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        # readable like any other file written here: mkstemp makes it private to the writer
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

@@ -86,10 +86,11 @@ class Backend:
 
 
 class LocustRun:
-    def __init__(self, returncode: int, output: str, summary: dict | None) -> None:
+    def __init__(self, returncode: int, output: str, summary: dict | None, results: Path) -> None:
         self.returncode = returncode
         self.output = output
         self.summary = summary
+        self.results = results
 
     def __repr__(self) -> str:
         return f"LocustRun(rc={self.returncode}, output tail:\n{self.output[-3000:]})"
@@ -106,7 +107,7 @@ def run_locust(tmp: Path, locustfile: str, *args: str, timeout: float = 120) -> 
         command, cwd=tmp, capture_output=True, text=True, timeout=timeout * SCALE, stdin=subprocess.DEVNULL
     )
     data = json.loads(summary.read_text()) if summary.exists() else None
-    return LocustRun(done.returncode, done.stdout + done.stderr, data)
+    return LocustRun(done.returncode, done.stdout + done.stderr, data, tmp / "results")
 
 
 #: libfaketime from Debian's faketime package: a process whose wall clock runs ahead, as on a

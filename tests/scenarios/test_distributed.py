@@ -125,6 +125,10 @@ def test_the_merge_equals_the_workers_own_counts_and_histograms(tmp_path, write_
         assert figures["operations"] == counters["loadgen_operations_total"]
     for outcome in ("sent", "delivered", "lost", "duplicated", "out_of_order", "recovered"):
         assert summary["messages"][outcome] == sum(own[tag]["loadgen_messages_total"][outcome] for tag in own)
+    series = [json.loads(line) for line in (cluster.results / "timeseries.jsonl").read_text().splitlines()]
+    assert max(line["workers"] for line in series) == 2
+    for outcome in ("sent", "delivered"):
+        assert sum(line["messages"][outcome] for line in series) == summary["messages"][outcome]
     histograms = cluster.results / "histograms.json"
     added = decoded(histograms, "delivery_latency", workers=True)
     assert summary["messages"]["delivery_latency_ms"]["p99"] == added.get_value_at_percentile(99) / 1000

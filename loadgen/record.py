@@ -1,0 +1,233 @@
+"""A run's results folder, written while the run goes: what it was, and how it went, interval by interval.
+
+``run.json`` is written when the test starts: the command, profile and SLO file (their text,
+not only their paths), options, versions and machine, so the run can be repeated and a report
+can say what it measured. ``timeseries.jsonl`` gets one line every ``--series-interval``
+seconds, flushed at once, so a run that crashes keeps every interval it finished; the final
+histograms are rewritten now and then for the same reason. ``summary.json`` comes at the end
+(docs/summary.md). A standalone process or a distributed master writes the folder; workers
+only report to the master.
+
+Each line holds what happened within its interval: counts are differences, latency quantiles
+are those of the interval's own deliveries, taken from the difference of the run's HDR
+histograms (the merged ones on a master), so a spike shows where it happened instead of
+being averaged into the whole run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import operator
+import os
+import platform
+import socket
+import sys
+import time
+from bisect import bisect_left
+from datetime import datetime, timezone
+from importlib import metadata
+from itertools import accumulate
+from pathlib import Path
+from typing import IO
+
+import orjson
+from hdrh.histogram import HdrHistogram
+
+log = logging.getLogger("loadgen.record")
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+SERIES_FILE = "timeseries.jsonl"
+#: how often the final histograms are rewritten during the run, seconds
+HISTOGRAMS_EVERY = 30.0
+#: the percentiles each interval records
+PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
+
+
+class IntervalHistogram:
+    """What a cumulative HDR histogram gained since the last look, as quantiles.
+
+    The counts array is read as a list up to the largest recorded value (one C-level copy);
+    the interval's counts are the element-wise difference with the previous look.
+    """
+
+    def __init__(self) -> None:
+        self.previous: list[int] = []
+
+    def take(self, histogram: HdrHistogram) -> dict:
+        total = histogram.get_total_count()
+        top = histogram.get_counts_array_index(histogram.get_max_value()) + 1 if total else 0
+        current = histogram.counts[:top]
+        previous = self.previous + [0] * (top - len(self.previous))
+        gained = list(map(operator.sub, current, previous))
+        self.previous = current
+        count = sum(gained)
+        stats: dict = {"count": count}
+        if count == 0:
+            return stats | {name: None for name, _ in PERCENTILES} | {"max": None}
+        cumulative = list(accumulate(gained))
+        for name, percentile in PERCENTILES:
+            # hdrh's rule: the first slot where the running count reaches the percentile's share
+            wanted = max(int(percentile * count / 100 + 0.5), 1)
+            stats[name] = _ms(histogram, bisect_left(cumulative, wanted))
+        stats["max"] = _ms(histogram, bisect_left(cumulative, count))
+        return stats
+
+
+def _ms(histogram: HdrHistogram, index: int) -> float:
+    return histogram.get_highest_equivalent_value(histogram.get_value_from_index(index)) / 1000
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in ("loadgen", "locust", "gevent", "websockets"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def _machine() -> dict:
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = None
+    return {"hostname": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "memory_bytes": memory}  # fmt: skip
+
+
+def _read_text(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Recorder:
+    """Writes one test's results folder; ``tick`` once a second, ``close`` at the end."""
+
+    def __init__(self, folder: Path, interval: float) -> None:
+        self.folder = folder
+        self.interval = interval
+        self._series: IO[bytes] | None = None
+        self._last_tick: float | None = None
+        self._last_histograms = -math.inf
+        self._counts: dict[str, int] = {}
+        self._operations: dict[str, tuple[int, int, int]] = {}
+        self._violations = 0
+        self._delivery = IntervalHistogram()
+        self._operation_histograms: dict[str, IntervalHistogram] = {}
+        self._stage: str | None = None
+
+    def start(self, context) -> None:
+        """run.json, and an empty time series (a second test into the same folder starts afresh)."""
+        options = context.options
+        profile_path = context.profile.path
+        slo_path = getattr(options, "slo", None)
+        described = {
+            "schema": SCHEMA_VERSION,
+            "run_id": context.run_id,
+            "scenario": context.scenario,
+            "started": _iso(context.started_wall),
+            "command": list(sys.argv),
+            "host": context.environment.host,
+            "locustfile": getattr(options, "locustfile", None),
+            "profile": {"path": profile_path, "text": _read_text(profile_path)},
+            "slo": {"path": slo_path, "text": _read_text(slo_path)},
+            "options": context.option_values(),
+            "versions": _versions(),
+            "machine": _machine(),
+            "role": "master" if context.is_master else "standalone",
+        }
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / RUN_FILE).write_bytes(orjson.dumps(described, option=orjson.OPT_INDENT_2) + b"\n")
+            self._series = open(self.folder / SERIES_FILE, "wb")  # noqa: SIM115  (open for the whole run)
+        except OSError as exc:
+            log.error("Cannot record the run in %s: %s; only the summary will be written", self.folder, exc.strerror)
+            self._series = None
+        self._last_tick = time.monotonic()
+        # the first line brings the first histograms: a run killed early still has some
+        self._last_histograms = -math.inf
+
+    def stage(self, text: str) -> None:
+        """The load target changed: noted on the next line."""
+        self._stage = text
+
+    def tick(self, context, force: bool = False) -> None:
+        """Append a line when an interval has passed (or now, with ``force``); rewrite the histograms now and then."""
+        if self._series is None or self._last_tick is None:
+            return
+        now = time.monotonic()
+        elapsed = now - self._last_tick
+        if not force and elapsed < self.interval:
+            return
+        self._last_tick = now
+        try:
+            self._series.write(orjson.dumps(self._line(context, elapsed)) + b"\n")
+            self._series.flush()
+        except OSError as exc:
+            log.error("Stopped recording the time series: %s", exc.strerror)
+            self._close_series()
+            return
+        if force or now - self._last_histograms >= HISTOGRAMS_EVERY:
+            self._last_histograms = now
+            context.write_histograms()
+
+    def close(self, context) -> None:
+        """The last, partial interval, then no more lines."""
+        self.tick(context, force=True)
+        self._close_series()
+
+    def _close_series(self) -> None:
+        if self._series is not None:
+            self._series.close()
+            self._series = None
+
+    def _line(self, context, elapsed: float) -> dict:
+        accounting = context.accounting
+        counts = vars(accounting.counts)
+        messages = {k: counts[k] - self._counts.get(k, 0) for k in ("sent", "delivered", "lost", "duplicated",
+                                                                   "out_of_order", "recovered")}  # fmt: skip
+        self._counts = dict(counts)
+        operations = {}
+        for name, stats in sorted(accounting.operations.items()):
+            refusals = sum(stats.refusals.values())
+            count, failures, refused = self._operations.get(name, (0, 0, 0))
+            self._operations[name] = (stats.count, stats.failures, refusals)
+            interval = self._operation_histograms.setdefault(name, IntervalHistogram()).take(stats.histogram)
+            if stats.count == count:
+                continue
+            operations[name] = {
+                "count": stats.count - count,
+                "failures": stats.failures - failures,
+                "refusals": refusals - refused,
+                **{f"{key}_ms": interval[key] for key, _ in PERCENTILES},
+            }
+        violations = sum(context.violations.values())
+        line = {
+            "t": round(time.monotonic() - context.started_mono, 3),
+            "time": _iso(time.time()),
+            "interval_s": round(elapsed, 3),
+            **context.load_now(),
+            "messages": messages,
+            "delivery_ms": self._delivery.take(accounting.latency),
+            "operations": operations,
+            "violations": violations - self._violations,
+            "slo_failing": [result.name for result in context.slo_results if not result.passed],
+        }
+        self._violations = violations
+        if self._stage is not None:
+            line["stage"], self._stage = self._stage, None
+        return line
+
+
+__all__ = ["IntervalHistogram", "Recorder", "RUN_FILE", "SERIES_FILE"]
