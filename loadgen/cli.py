@@ -9,6 +9,7 @@ from importlib.metadata import version
 
 def build_parser() -> argparse.ArgumentParser:
     from loadgen.grafana import add_grafana_arguments
+    from loadgen.report import add_compare_arguments, add_report_arguments
     from loadgen.server import add_serve_arguments
     from loadgen.slo import add_rules_arguments
 
@@ -42,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
         "The API token is read from the environment variable named by --token-env, never from the command line.",
     )
     add_grafana_arguments(grafana)
+    report = commands.add_parser(
+        "report",
+        help="write a run's stress-review report: one HTML file that opens offline",
+        description="Write one self-contained HTML file for a run's results folder (docs/report.md): the verdict, "
+        "charts over time, latency distributions, every operation, and what it takes to run it again.",
+    )
+    add_report_arguments(report)
+    compare = commands.add_parser(
+        "compare",
+        help="compare two runs and exit 1 on a regression (the gate of a grey release)",
+        description="Compare a candidate run with a baseline run of the same profile (docs/report.md): every figure "
+        "side by side with its difference and the noise around it, in an HTML file and a table. Exit code 0 when "
+        "nothing regressed, 1 when a figure regressed, 2 for bad input.",
+    )
+    add_compare_arguments(compare)
     commands.add_parser(
         "options",
         help="list the options the toolkit adds to `locust` (Locust prints --help before reading a locustfile)",
@@ -77,6 +93,14 @@ def main(argv: list[str] | None = None) -> int:
         from loadgen.grafana import grafana_command
 
         return grafana_command(args)
+    if args.command == "report":
+        from loadgen.report import report_command
+
+        return report_command(args)
+    if args.command == "compare":
+        from loadgen.report import compare_command
+
+        return compare_command(args)
     if args.command == "options":
         sys.stdout.write(run_options_help())
         return 0
