@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -12,6 +10,7 @@ import orjson
 
 from loadgen import merge
 from loadgen.accounting import percentiles_ms
+from loadgen.files import write_atomically
 
 SCHEMA_VERSION = 1
 
@@ -129,18 +128,7 @@ def _iso(timestamp: float) -> str:
 
 def write(data: dict, path: Path) -> None:
     """Write JSON atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".json")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        # readable like any other file written here: mkstemp makes it private to the writer
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
 
 
 def format_table(data: dict) -> str:

@@ -48,6 +48,18 @@ def add_compare_arguments(parser) -> None:
     parser.add_argument("-o", "--output", metavar="FILE", help="write the HTML here (default: CANDIDATE/compare.html)")
 
 
+def _bad_input(command: str, exc: Exception) -> int:
+    """Say what is wrong, naming the file, and return the bad-input exit code."""
+    # ResultsError and ToleranceError are ValueErrors whose message names the file; an OSError
+    # here comes from writing the HTML
+    if isinstance(exc, OSError):
+        message = f"{exc.filename}: cannot write: {exc.strerror}"
+    else:
+        message = str(exc)
+    sys.stderr.write(f"loadgen {command}: {message}\n")
+    return BAD_INPUT
+
+
 def report_command(args) -> int:
     """Run ``loadgen report``: 0 when written, 2 when the folder cannot make a report."""
     from loadgen.report._results import ResultsError, load_run
@@ -57,12 +69,8 @@ def report_command(args) -> int:
         run = load_run(args.run)
         output = Path(args.output) if args.output else run.path / "report.html"
         write_report(run, output)
-    except ResultsError as exc:
-        sys.stderr.write(f"loadgen report: {exc}\n")
-        return BAD_INPUT
-    except OSError as exc:
-        sys.stderr.write(f"loadgen report: {exc.filename}: cannot write: {exc.strerror}\n")
-        return BAD_INPUT
+    except (ResultsError, OSError) as exc:
+        return _bad_input("report", exc)
     for note in run.notes:
         sys.stderr.write(f"loadgen report: {note}\n")
     sys.stdout.write(f"Report written to {output}\n")
@@ -82,12 +90,8 @@ def compare_command(args) -> int:
         result = compare(baseline, candidate, tolerance)
         output = Path(args.output) if args.output else candidate.path / "compare.html"
         write_compare(result, output)
-    except (ResultsError, ToleranceError) as exc:
-        sys.stderr.write(f"loadgen compare: {exc}\n")
-        return BAD_INPUT
-    except OSError as exc:
-        sys.stderr.write(f"loadgen compare: {exc.filename}: cannot write: {exc.strerror}\n")
-        return BAD_INPUT
+    except (ResultsError, ToleranceError, OSError) as exc:
+        return _bad_input("compare", exc)
     for warning in result.warnings:
         sys.stderr.write(f"loadgen compare: WARNING: {warning}\n")
     sys.stdout.write(verdict_table(result))

@@ -27,7 +27,7 @@ from loadgen.report._html import (
     fmt_rate,
     page,
     table,
-    write_atomically,
+    write_html,
 )
 from loadgen.report._results import (
     PERCENTILES,
@@ -620,4 +620,4 @@ def compare_html(result: Comparison) -> str:
 
 
 def write_compare(result: Comparison, output: Path) -> None:
-    write_atomically(compare_html(result), output)
+    write_html(compare_html(result), output)

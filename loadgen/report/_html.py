@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from loadgen.files import write_atomically
 from loadgen.report._results import number
 
 CSS = """
@@ -147,15 +146,5 @@ def fmt_rate(value) -> str:
     return f"{found * 100:.3g}%"
 
 
-def write_atomically(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+def write_html(text: str, path: Path) -> None:
+    write_atomically(path, text.encode("utf-8"))

@@ -21,7 +21,7 @@ from loadgen.report._html import (
     key_values,
     page,
     table,
-    write_atomically,
+    write_html,
 )
 from loadgen.report._results import Run, number, timed, totals_from_series
 from loadgen.slo import SloError, loads_slo
@@ -472,4 +472,4 @@ def report_html(run: Run) -> str:
 
 
 def write_report(run: Run, output: Path) -> None:
-    write_atomically(report_html(run), output)
+    write_html(report_html(run), output)
