@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from hdrh.histogram import HdrHistogram
 
 from loadgen.clock import ProcessClock
-from loadgen.drivers.base import Delivery
+from loadgen.drivers.base import Delivery, parent_stream
 
 #: Histograms hold microseconds from 1 µs to one hour at three significant digits.
 HIGHEST_TRACKABLE_US = 3_600_000_000
@@ -242,7 +242,13 @@ class Receiver:
         self.tracks: dict[str, _Track] = {}
 
     def open_window(self, stream: str, head: int) -> None:
-        """Joined (or logged in): everything after ``head`` is meant for us."""
+        """Joined (or logged in): everything after ``head`` is meant for us.
+
+        The sender streams of ``stream`` (backends without a stream sequence) resume where
+        they were: what their senders sent meanwhile is ours to fetch from history.
+        """
+        for sub in self._sender_streams(stream):
+            self.tracks[sub].open = True
         track = self.tracks.get(stream)
         if track is None:
             self.tracks[stream] = _Track(head)
@@ -254,6 +260,8 @@ class Receiver:
 
     def close_window(self, stream: str, head: int | None) -> None:
         """Left (or logged out) at ``head``; ``None`` when the connection broke and the head is unknown."""
+        for sub in self._sender_streams(stream):
+            self.tracks[sub].open = False
         track = self.tracks.get(stream)
         if track is None or not track.open:
             return
@@ -261,6 +269,25 @@ class Receiver:
             self.accounting._noticed(track, track.top + 1, head)
             track.top = head
         track.open = False
+
+    def _sender_streams(self, stream: str) -> list[str]:
+        return [sub for sub in self.tracks if parent_stream(sub) == stream and sub != stream]
+
+    def roaming_streams(self) -> list[str]:
+        """Rooms (and the inbox) whose sender streams we follow: their history may hold what we missed."""
+        return sorted({parent_stream(sub) for sub in self.tracks if parent_stream(sub) != sub})
+
+    def _track_for(self, delivery: Delivery) -> _Track | None:
+        """The delivery's track; a sender stream opens at its first message inside its room's window."""
+        track = self.tracks.get(delivery.stream)
+        if track is not None:
+            return track
+        parent = self.tracks.get(parent_stream(delivery.stream))
+        if parent is None or not parent.open or parent_stream(delivery.stream) == delivery.stream:
+            return None
+        # nothing tells what this sender sent before we saw it: we follow it from here
+        track = self.tracks[delivery.stream] = _Track(delivery.seq - 1)
+        return track
 
     def close_all(self, heads: dict[str, int] | None = None) -> None:
         for stream in list(self.tracks):
@@ -282,7 +309,7 @@ class Receiver:
     def deliver(self, delivery: Delivery) -> str:
         """Account one pushed message. Returns ``delivered``, ``duplicate`` or ``out_of_order``."""
         accounting = self.accounting
-        track = self.tracks.get(delivery.stream)
+        track = self._track_for(delivery)
         seq = delivery.seq
         if track is None:
             # a push for a stream never joined: count it, it cannot be checked
@@ -350,6 +377,11 @@ class Receiver:
             elif seq in track.lost:
                 track.lost.discard(seq)
                 counts.lost -= 1
+                recovered += 1
+            elif seq > track.top and parent_stream(delivery.stream) != delivery.stream:
+                # a sender stream's history: sent while we were away; what history skips is missing
+                self.accounting._noticed(track, track.top + 1, seq - 1)
+                track.top = track.seen_max = seq
                 recovered += 1
         counts.recovered += recovered
         return recovered

@@ -25,11 +25,13 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import grafana, merge, metrics, record
+from loadgen import drivers, grafana, merge, metrics, record
 from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
 from loadgen.clock import Estimate, ProcessClock
+from loadgen.drivers.base import Driver
+from loadgen.drivers.reference import ReferenceDriver
 from loadgen.embedded import BackendStartError, EmbeddedBackend
 from loadgen.population import make_user_id, worker_tag
 from loadgen.profile import ProfileError, load_profile
@@ -84,6 +86,9 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
     ("--clock-uncertainty-limit", {"metavar": "MS", "type": float, "default": 10.0,
                                    "help": "a latency across two processes whose clocks are not known this well "
                                            "is counted apart as uncertain (default 10 ms)"}),
+    ("--driver", {"metavar": "NAME", "default": None,
+                  "help": "the backend's protocol: reference, xmpp or janus (default: from the --host scheme, "
+                          "ws:// the locustfile's own; docs/drivers.md)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
                            "help": "how long an operation may wait for the backend's reply (default 10)"}),
 )  # fmt: skip
@@ -170,6 +175,10 @@ class RunContext:
         self.annotator: grafana.Annotator | None = None
         self.metrics_server = None
         self._lingered = False
+        self.driver_class: type[Driver] = ReferenceDriver
+        self.driver_factory = ReferenceDriver
+        self.transport_url = environment.host or ""
+        self._skipped: set[str] = set()
         self._begin_test()
         environment.loadgen = self
 
@@ -323,21 +332,57 @@ class RunContext:
                 sys.exit(EXIT_USAGE)
             self.environment.host = url
             log.info("No --host given: started the reference backend at %s", url)
-            return
+        try:
+            self.resolve_driver()
+        except drivers.UnknownDriver as exc:
+            log.error("%s", exc)
+            sys.exit(EXIT_USAGE)
+        self._check_core()
         options = self.options
-        if options is not None and (options.headless or options.autostart):
-            problem = self.probe(self.environment.host)
+        if self.backend is None and options is not None and (options.headless or options.autostart):
+            problem = self.probe(self.transport_url, self.driver_class.subprotocols)
             if problem is not None:
                 log.error("Could not reach the backend at %s: %s", self.environment.host, problem)
                 self._write_results(EXIT_UNREACHABLE, unreachable=problem)
                 sys.exit(EXIT_UNREACHABLE)
 
+    def resolve_driver(self) -> None:
+        """The driver the host's URL (or --driver) asks for, and the WebSocket URL it connects to."""
+        host = self.environment.host or ""
+        user_classes = self.environment.user_classes or []
+        default = next((c.driver for c in user_classes if hasattr(c, "driver")), ReferenceDriver)
+        self.driver_class = drivers.choose(host, default, getattr(self.options, "driver", None))
+        self.driver_factory, self.transport_url = self.driver_class.configure(host)
+
+    def _check_core(self) -> None:
+        """A scenario whose every core behaviour the driver lacks cannot be run on it: say so, exit 2."""
+        supports = self.driver_class.supports
+        for user_class in self.environment.user_classes or []:
+            core = getattr(user_class, "core", ())
+            if supports is not None and core and not any(op in supports for op in core):
+                log.error("The %s driver can do none of what %s is about (%s): this scenario cannot run on it",
+                          self.driver_class.__name__, user_class.__name__, ", ".join(core))  # fmt: skip
+                sys.exit(EXIT_USAGE)
+
+    def driver_can(self, activity) -> bool:
+        """Whether the driver can do what ``activity`` does; a behaviour it cannot is skipped, said once."""
+        supports = self.driver_class.supports
+        if supports is None or all(op in supports for op in activity.needs):
+            return True
+        name = type(activity).__name__
+        if name not in self._skipped:
+            self._skipped.add(name)
+            missing = ", ".join(op for op in activity.needs if op not in supports)
+            log.warning("The %s driver cannot do %s: every %s behaviour is skipped",
+                        self.driver_class.__name__, missing, name)  # fmt: skip
+        return False
+
     @staticmethod
-    def probe(url: str, timeout: float = 5.0) -> str | None:
+    def probe(url: str, subprotocols=None, timeout: float = 5.0) -> str | None:
         """One WebSocket handshake to ``url``; the reason it failed, or None."""
         try:
             ws = WebSocketClient.connect(url, on_message=lambda data, binary: None, timeout=timeout,
-                                         ping_interval=None)  # fmt: skip
+                                         subprotocols=subprotocols, ping_interval=None)  # fmt: skip
         except ConnectError as exc:
             return exc.reason
         except TransportError as exc:
@@ -349,7 +394,9 @@ class RunContext:
         if self.is_worker:
             try:
                 self._read_run_options()
-            except ProfileError as exc:
+                # the master's --host and --driver arrive with the test
+                self.resolve_driver()
+            except (ProfileError, drivers.UnknownDriver) as exc:
                 log.error("The master's options do not work on this worker: %s", exc)
                 gevent.spawn(self.environment.runner.quit)
                 return
@@ -373,14 +420,13 @@ class RunContext:
         loadgen.clock). A worker reports each one at once, so the master can tell the others
         how far this worker's stamps can be trusted.
         """
-        user_classes = self.environment.user_classes or []
-        driver = next((c.driver for c in user_classes if hasattr(c, "driver")), None)
-        if driver is None or not self.environment.host:
+        supports = self.driver_class.supports
+        if not self.environment.host or (supports is not None and "clock.sync" not in supports):
             return
         self.clock_synced_mono = time.monotonic()
         probe = Session(
-            self.environment.host,
-            driver(),
+            self.transport_url,
+            self.driver_factory(),
             Accounting().receiver(),
             reporter=self._report_clock_sync,
             request_timeout=self.request_timeout,

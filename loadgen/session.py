@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 
+import gevent
 from gevent.event import AsyncResult
 
 from loadgen.accounting import Receiver
@@ -161,6 +162,9 @@ class Session:
             self.report("ws.connect", time.perf_counter() - started, exc)
             raise
         self.report("ws.connect", time.perf_counter() - started, None)
+        if type(self.driver).pending is not Driver.pending:
+            # only drivers that speak unasked get a ticker: thousands of idle greenlets cost memory
+            gevent.spawn(self._tick)
 
     def close(self) -> None:
         """Close the connection; windows still open end at what was seen."""
@@ -243,7 +247,17 @@ class Session:
         return best
 
     def recover(self, limit: int = 500, max_pages: int = 20) -> int:
-        """Fetch history for every stream we miss something in; returns how many were recovered."""
+        """Fetch history for every stream we miss something in; returns how many were recovered.
+
+        A backend without stream sequences cannot say what we missed while away: its rooms'
+        (and inbox's) recent history is fetched whole, and the sender streams sort it out.
+        """
+        if self.driver.sender_sequenced:
+            recovered = 0
+            for stream in self.receiver.roaming_streams():
+                if stream == INBOX or stream in self.rooms:
+                    recovered += self.receiver.recover(self.history(stream, 0, limit).deliveries)
+            return recovered
         recovered = 0
         for stream, lowest in self.receiver.gaps().items():
             if stream != INBOX and stream not in self.rooms:
@@ -261,7 +275,10 @@ class Session:
         """Send, wait for the reply, report it; expected refusals raise Refused."""
         ws = self._ws
         waiter = AsyncResult()
-        self._waiting[outgoing.request_id] = waiter
+        if outgoing.done is not None:
+            waiter.set(outgoing.done)
+        else:
+            self._waiting[outgoing.request_id] = waiter
         started = time.perf_counter()
         try:
             if ws is None:
@@ -293,7 +310,9 @@ class Session:
 
     def _on_message(self, data: bytes, binary: bool) -> None:
         receiver = self.receiver
-        for event in self.driver.receive(data, binary):
+        events = self.driver.receive(data, binary)
+        self._send_pending()
+        for event in events:
             if isinstance(event, Delivery):
                 outcome = receiver.deliver(event)
                 if self.on_delivery is not None:
@@ -317,6 +336,22 @@ class Session:
                     self.on_malformed(event)
             elif self.on_event is not None:
                 self.on_event(event)
+
+    def _send_pending(self) -> None:
+        ws = self._ws
+        for frame in self.driver.pending():
+            if ws is None or ws.closed:
+                return
+            try:
+                ws.send_text(frame)
+            except TransportError:
+                return  # the close is reported by the reader
+
+    def _tick(self) -> None:
+        """Once a second, what the driver wants sent unasked (a keepalive), while the connection lives."""
+        while self.alive:
+            gevent.sleep(1.0)
+            self._send_pending()
 
     def _apply(self, result: object) -> None:
         """Open and close accounting windows the moment the backend's reply is read."""

@@ -3,7 +3,7 @@
 import pytest
 
 from loadgen.accounting import Accounting, percentiles_ms
-from loadgen.drivers.base import INBOX, Delivery
+from loadgen.drivers.base import INBOX, Delivery, sender_stream
 
 
 class FakeClock:
@@ -183,3 +183,42 @@ def test_operation_percentiles_and_failures(accounting):
     assert s["count"] == 101 and s["failures"] == 1
     assert s["p50_ms"] == pytest.approx(50, rel=0.01)
     assert s["max_ms"] == pytest.approx(100, rel=0.01)
+
+
+def from_sender(seq, sender="w0-u1", room="r1", sent_at=999.0):
+    return Delivery(sender_stream(room, sender), seq, sender, seq, sent_at, sent_at)
+
+
+def test_a_sender_stream_opens_at_its_first_message_and_finds_holes_after(accounting, clock):
+    """Without a room sequence, a sender's own counter numbers its messages: followed from the first seen."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    assert r.deliver(from_sender(5)) == "delivered"
+    r.deliver(from_sender(7))
+    clock.now += 6
+    accounting.expire()
+    assert (accounting.counts.delivered, accounting.counts.lost) == (2, 1)
+    assert r.roaming_streams() == ["r1"]
+
+
+def test_a_sender_stream_outside_its_room_window_is_not_judged(accounting):
+    """A message on a sender stream of a room we are not in is counted but cannot be checked."""
+    r = accounting.receiver()
+    r.deliver(from_sender(3))
+    r.deliver(from_sender(9))
+    assert (accounting.counts.delivered, accounting.open_holes()) == (2, 0)
+
+
+def test_history_after_a_rejoin_recovers_what_a_sender_sent_meanwhile(accounting, clock):
+    """Away from the room, a sender went on: history above what we saw is recovered, what it skips is missing."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(from_sender(1))
+    r.close_window("r1", 0)
+    r.open_window("r1", 0)
+    assert r.recover([from_sender(1), from_sender(2), from_sender(4)]) == 2
+    r.deliver(from_sender(5))
+    clock.now += 6
+    accounting.expire()
+    counts = accounting.counts
+    assert (counts.delivered, counts.recovered, counts.lost) == (2, 2, 1)

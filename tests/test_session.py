@@ -4,7 +4,7 @@ import gevent
 import pytest
 
 from loadgen.accounting import Accounting
-from loadgen.drivers.base import INBOX
+from loadgen.drivers.base import INBOX, Outgoing, ReadResult
 from loadgen.drivers.reference import ReferenceDriver
 from loadgen.session import OperationFailed, Session
 from loadgen.transport import ConnectError, ConnectionClosed
@@ -135,3 +135,38 @@ def test_dropped_connection_fails_pending_calls_and_is_noticed(backend, make_ses
     assert dropped == [True]
     with pytest.raises(ConnectionClosed):
         session.join("r1")
+
+
+class UnaskedDriver(ReferenceDriver):
+    """Reads are fire-and-forget, and a clock request goes out unasked after every frame and every second."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unasked: list[bytes] = []
+
+    def read(self, room, seq):
+        outgoing = super().read(room, seq)
+        return Outgoing(outgoing.request_id, outgoing.payload, done=ReadResult(room, seq))
+
+    def pending(self) -> list[bytes]:
+        frames = [self.clock(0.0).payload]
+        self.unasked += frames
+        return frames
+
+
+def test_a_done_operation_returns_at_once_and_unasked_frames_are_sent(backend):
+    """An Outgoing with ``done`` is not waited for; what ``pending()`` returns is sent, and replies to it
+    (no one waits for them) are dropped quietly."""
+    server = backend()
+    driver = UnaskedDriver()
+    reports = []
+    session = Session(server.url, driver, Accounting().receiver(), request_timeout=5,
+                      reporter=lambda name, seconds, error: reports.append((name, error)))  # fmt: skip
+    session.connect()
+    try:
+        session.login("alice", "t")
+        assert session.read("r1", 7) == ReadResult("r1", 7)
+        assert wait_until(lambda: len(driver.unasked) >= 3, seconds=4)
+        assert session.alive and ("msg.read", None) in reports
+    finally:
+        session.close()

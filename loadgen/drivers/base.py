@@ -14,19 +14,40 @@ leave/logout; see docs/drivers.md.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 INBOX = "@inbox"
+#: joins a room (or the inbox) and a sender into a sender stream: "room#sender"
+SENDER_SEPARATOR = "#"
+
+
+def sender_stream(stream: str, sender: str) -> str:
+    """The stream of one sender's messages in a room (or inbox), for backends with no stream sequence.
+
+    A driver for such a backend numbers a sender's messages by the sender's own counter
+    (``cseq``) and delivers them on this stream; see docs/drivers.md.
+    """
+    return f"{stream}{SENDER_SEPARATOR}{sender}"
+
+
+def parent_stream(stream: str) -> str:
+    """The room (or inbox) of a sender stream; a plain stream is its own parent."""
+    return stream.split(SENDER_SEPARATOR, 1)[0]
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One frame to send, and the id its reply will carry."""
+    """One frame to send, and the id its reply will carry.
+
+    ``done``: for a frame the backend does not answer (a receipt, a presence), the operation's
+    result at once; the session sends the frame and waits for nothing.
+    """
 
     request_id: int
     payload: bytes
     binary: bool = False
+    done: object | None = None
 
 
 # Typed results of operations.
@@ -258,6 +279,29 @@ class Driver(abc.ABC):
 
     #: WebSocket subprotocols to offer in the handshake, or None.
     subprotocols: Sequence[str] | None = None
+    #: the operations (as the session names them: ``msg.send``, ``seat.take`` …) this protocol
+    #: can express; None for all. Scenarios skip behaviours that need any other.
+    supports: frozenset[str] | None = None
+    #: True when the backend has no per-stream sequence: messages come on sender streams
+    #: numbered by their senders' own counters (see :func:`sender_stream`)
+    sender_sequenced: bool = False
+
+    @classmethod
+    def configure(cls, url: str) -> tuple[Callable[[], Driver], str]:
+        """From the ``--host`` URL: a factory of per-connection drivers and the WebSocket URL.
+
+        The base drops a ``name+`` prefix of the scheme (``xmpp+ws://`` → ``ws://``); a driver
+        with options in the URL's query reads them here.
+        """
+        scheme, sep, rest = url.partition("://")
+        return cls, (scheme.rsplit("+", 1)[-1] + sep + rest) if sep else url
+
+    def pending(self) -> list[bytes]:
+        """Frames the driver wants sent on its own (the next step of a login, a keepalive).
+
+        The session asks after every received message and at least once a second.
+        """
+        return []
 
     @abc.abstractmethod
     def login(self, user: str, token: str) -> Outgoing: ...

@@ -59,6 +59,8 @@ class Activity:
     """
 
     storm: str | None = None
+    #: the operations it performs: a driver that cannot do them all skips this behaviour
+    needs: tuple[str, ...] = ()
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -80,6 +82,8 @@ class RealtimeUser(User):
     wait_time = constant(1)
     #: the backend's protocol; a team with its own backend sets its driver here
     driver: type[Driver] = ReferenceDriver
+    #: operations without which the scenario is not itself: a driver supporting none of them cannot run it
+    core: tuple[str, ...] = ()
 
     def __init__(self, environment) -> None:
         super().__init__(environment)
@@ -151,8 +155,8 @@ class RealtimeUser(User):
     def open_session(self) -> None:
         run = self.run_context
         session = Session(
-            self.environment.host or self.host,
-            self.driver(),
+            run.transport_url,
+            run.driver_factory(),
             self.receiver,
             reporter=run.report,
             sequences=self.sequences,
@@ -201,7 +205,7 @@ class RealtimeUser(User):
     def live(self) -> None:
         rng = self.rng
         run = self.run_context
-        activities = [a for a in self.activities() if a.rate > 0]
+        activities = [a for a in self.activities() if a.rate > 0 and run.driver_can(a)]
         due: list = []
         storms = None
         while True:
@@ -311,6 +315,8 @@ class Post(Activity):
 
 
 class PostToRoom(Post):
+    needs = ("msg.send",)
+
     def target(self, user: RealtimeUser) -> str | None:
         return user.rng.choice(user.rooms) if user.rooms else None
 
@@ -319,6 +325,8 @@ class PostToRoom(Post):
 
 
 class SendDirect(Post):
+    needs = ("dm.send",)
+
     def target(self, user: RealtimeUser) -> str | None:
         others = user.run_context.user_ids
         to = others[user.rng.randrange(len(others))]
@@ -329,6 +337,8 @@ class SendDirect(Post):
 
 
 class MarkRead(Activity):
+    needs = ("msg.read",)
+
     def __call__(self, user: RealtimeUser, intended: float) -> None:
         if user.unread:
             room, seq = user.unread.pop()
@@ -337,6 +347,8 @@ class MarkRead(Activity):
 
 class Reconnect(Activity):
     """Drop the connection as a phone switching networks would, come back and sync history."""
+
+    needs = ("session.logout",)
 
     def __call__(self, user: RealtimeUser, intended: float) -> None:
         user.reconnect(voluntary=True)

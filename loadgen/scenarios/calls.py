@@ -66,6 +66,8 @@ class CallParty(RealtimeUser):
 
 
 class PlaceCall(Activity):
+    needs = ("call.invite",)
+
     def __call__(self, user: CallUser, intended: float) -> None:
         callees = user.run_context.shared("call1v1.callees", list)
         if callees:
@@ -74,6 +76,8 @@ class PlaceCall(Activity):
 
 class CallUser(CallParty):
     """A user of a 1v1 social app: a caller or a callee, by the profile's share."""
+
+    core = ("call.invite",)
 
     def __init__(self, environment) -> None:
         super().__init__(environment)

@@ -12,6 +12,8 @@ from loadgen.session import Session
 class ApplyToCohost(Activity):
     """Ask the host to be taken on stage; the host's answer comes back as a push."""
 
+    needs = ("cohost.request",)
+
     def __call__(self, user: LiveStreamUser, intended: float) -> None:
         if user.view.my_seat is None and user.view.live:
             user.session.room_op("cohost.request", user.room, user.now())
@@ -19,6 +21,8 @@ class ApplyToCohost(Activity):
 
 class InvitePk(Activity):
     """Challenge the host of another live room to a PK."""
+
+    needs = ("pk.invite",)
 
     def __call__(self, user: LiveStreamUser, intended: float) -> None:
         rooms = user.knobs.rooms
@@ -31,6 +35,8 @@ class InvitePk(Activity):
 class CallTheHost(Activity):
     """Switch from watching to a 1v1 call with the host."""
 
+    needs = ("call.invite",)
+
     def __call__(self, user: LiveStreamUser, intended: float) -> None:
         hosts = user.run_context.user_ids
         if user.rank < len(hosts):
@@ -41,6 +47,7 @@ class LiveStreamUser(RoomMember, CallParty):
     """Host, co-host applicant, gifter, danmaku chatter or viewer of a live room, by the profile."""
 
     scenario = "livestream"
+    core = ("cohost.request", "pk.invite")
 
     def __init__(self, environment) -> None:
         super().__init__(environment)

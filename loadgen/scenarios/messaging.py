@@ -8,6 +8,8 @@ from loadgen.scenarios.base import Activity, MarkRead, PostToRoom, RealtimeUser,
 class ChatUser(RealtimeUser):
     """A member of a few chat rooms, with rates from the profile's ``messaging`` section."""
 
+    core = ("msg.send", "dm.send")
+
     def choose_rooms(self) -> list[str]:
         knobs = self.run_context.profile.messaging
         # spread a user's rooms evenly so every room gets members at any user count

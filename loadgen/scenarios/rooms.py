@@ -122,6 +122,7 @@ class RoomMember(RealtimeUser):
 
 class SendGift(Activity):
     storm = "gift"
+    needs = ("gift",)
 
     def __init__(self, rate: float, value: int, combo_max: int) -> None:
         super().__init__(rate)
@@ -137,6 +138,7 @@ class SendGift(Activity):
 
 class SendDanmaku(Activity):
     storm = "gift"
+    needs = ("danmaku",)
 
     def __call__(self, user: RoomMember, intended: float) -> None:
         user.session.room_op("danmaku", user.room, intended + user.run_context.accounting.clock_offset, text="666")
@@ -144,6 +146,8 @@ class SendDanmaku(Activity):
 
 class MoveRoom(Activity):
     """End the visit to this room and go to another one drawn from the population."""
+
+    needs = ("room.leave",)
 
     def __call__(self, user: RoomMember, intended: float) -> None:
         user.leave_room()
@@ -155,6 +159,7 @@ class MoveRoom(Activity):
 class ChangeSettings(Activity):
     """A seated user switches its voice effect, or (now and then) the background music."""
 
+    needs = ("settings",)
     EFFECTS = ("none", "ktv", "hall", "robot", "child")
 
     def __call__(self, user: RoomMember, intended: float) -> None:

@@ -11,6 +11,7 @@ class HopSeat(Activity):
     """Try a seat (occupied or not: contention is the point), hold it for a drawn time, get up."""
 
     storm = "seat_churn"
+    needs = ("seat.take", "seat.leave")
 
     def __call__(self, user: VoiceRoomUser, intended: float) -> None:
         if user.view.my_seat is not None:
@@ -21,6 +22,8 @@ class HopSeat(Activity):
 
 class RunRoom(Activity):
     """The host's hand on the room: lock or unlock a seat, mute or kick a speaker, invite a listener up."""
+
+    needs = ("seat.lock", "seat.mute", "seat.kick", "seat.invite")
 
     def __call__(self, user: VoiceRoomUser, intended: float) -> None:
         view, rng, session = user.view, user.rng, user.session
@@ -48,6 +51,7 @@ class VoiceRoomUser(RoomMember):
     """Host, seat hopper, gifter, danmaku chatter or listener of a voice room, by the profile."""
 
     scenario = "voiceroom"
+    core = ("seat.take",)
 
     def role_shares(self) -> dict[str, float]:
         knobs = self.knobs
