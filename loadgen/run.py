@@ -364,11 +364,15 @@ class RunContext:
                           self.driver_class.__name__, user_class.__name__, ", ".join(core))  # fmt: skip
                 sys.exit(EXIT_USAGE)
 
+    def driver_does(self, op: str) -> bool:
+        supports = self.driver_class.supports
+        return supports is None or op in supports
+
     def driver_can(self, activity) -> bool:
         """Whether the driver can do what ``activity`` does; a behaviour it cannot is skipped, said once."""
-        supports = self.driver_class.supports
-        if supports is None or all(op in supports for op in activity.needs):
+        if all(self.driver_does(op) for op in activity.needs):
             return True
+        supports = self.driver_class.supports
         name = type(activity).__name__
         if name not in self._skipped:
             self._skipped.add(name)

@@ -47,6 +47,13 @@ Reporter = Callable[[str, float, "BaseException | None"], None]
 log = logging.getLogger("loadgen.session")
 
 
+class LoggedOut(ConnectionClosed):
+    """An operation on a session that has logged out; not sent, not reported."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__(None, f"{operation} after logout")
+
+
 class OperationFailed(Exception):
     """The backend refused an operation; ``code`` is its error code."""
 
@@ -273,6 +280,10 @@ class Session:
 
     def _call(self, name: str, outgoing: Outgoing, report: bool = True):
         """Send, wait for the reply, report it; expected refusals raise Refused."""
+        if self.logged_out:
+            # the run's drain logged this session out under a user mid-way through a room move:
+            # what it tries next is not the backend's failure
+            raise LoggedOut(name)
         ws = self._ws
         waiter = AsyncResult()
         if outgoing.done is not None:

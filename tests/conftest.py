@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
-from tests.support import Backend, LocustRun, run_locust
+from tests.support import ROOT, SCALE, Backend, LocustRun, free_port, run_locust
 
 
 @pytest.fixture
@@ -38,3 +41,19 @@ def write_profile(tmp_path):
         return str(path)
 
     return write
+
+
+@pytest.fixture(scope="session")
+def janus(tmp_path_factory):
+    """A Janus of its own (Debian's package, scripts/servers/janus.sh) on a free loopback port; its --host URL."""
+    port = free_port()
+    env = {**os.environ, "JANUS_PORT": str(port), "JANUS_RUN": str(tmp_path_factory.mktemp("janus"))}
+
+    def script(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "scripts" / "servers" / "janus.sh"), command], env=env,
+                              capture_output=True, text=True, timeout=600 * SCALE)  # fmt: skip
+
+    started = script("start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield f"janus+ws://127.0.0.1:{port}"
+    script("stop")

@@ -21,26 +21,37 @@ class HopSeat(Activity):
 
 
 class RunRoom(Activity):
-    """The host's hand on the room: lock or unlock a seat, mute or kick a speaker, invite a listener up."""
+    """The host's hand on the room: lock or unlock a seat, mute or kick a speaker, invite a listener up.
 
-    needs = ("seat.lock", "seat.mute", "seat.kick", "seat.invite")
+    Each turn picks one of the moves the driver can make: on a backend with mute and kick but
+    no locks or invitations, the host still mutes and kicks.
+    """
+
+    #: move -> how often a host makes it, relative to the others
+    MOVES = {"seat.lock": 0.3, "seat.mute": 0.2, "seat.kick": 0.15, "seat.invite": 0.35}
+    needs = ()
 
     def __call__(self, user: VoiceRoomUser, intended: float) -> None:
+        moves = [op for op in self.MOVES if user.run_context.driver_does(op)]
+        if not moves:
+            return
         view, rng, session = user.view, user.rng, user.session
         ts = user.now()
-        locked = [seat.n for seat in view.seats if seat.locked]
+        [move] = rng.choices(moves, [self.MOVES[op] for op in moves])
         speakers = [seat for seat in view.seats if seat.user is not None and seat.user != user.user_id]
-        choice = rng.random()
-        if locked and choice < 0.2:
-            session.room_op("seat.lock", user.room, ts, seat=rng.choice(locked), locked=False)
-        elif choice < 0.3:
-            session.room_op("seat.lock", user.room, ts, seat=rng.randrange(len(view.seats)), locked=True)
-        elif speakers and choice < 0.5:
+        if move == "seat.lock":
+            locked = [seat.n for seat in view.seats if seat.locked]
+            # unlocking twice as often as locking keeps most seats open
+            if locked and rng.random() < 2 / 3:
+                session.room_op("seat.lock", user.room, ts, seat=rng.choice(locked), locked=False)
+            else:
+                session.room_op("seat.lock", user.room, ts, seat=rng.randrange(len(view.seats)), locked=True)
+        elif move == "seat.mute" and speakers:
             seat = rng.choice(speakers)
             session.room_op("seat.mute", user.room, ts, seat=seat.n, muted=not seat.muted)
-        elif speakers and choice < 0.65:
+        elif move == "seat.kick" and speakers:
             session.room_op("seat.kick", user.room, ts, seat=rng.choice(speakers).n)
-        else:
+        elif move == "seat.invite":
             free = view.free_seats()
             listeners = sorted(user.run_context.members(user.room) - set(view.seated_users) - {user.user_id})
             if free and listeners:

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Janus from Debian's package, as a plain process on 127.0.0.1 for tests and local runs.
+#
+#   scripts/servers/janus.sh install | start | stop | status
+#
+# JANUS_PORT   WebSocket port (default 8188): ws://127.0.0.1:$JANUS_PORT, subprotocol janus-protocol
+# JANUS_RUN    where the rendered configs, the log and the pid go (default /tmp/loadgen-janus-$JANUS_PORT)
+#
+# Configs live beside this script (scripts/servers/janus/); start renders them into JANUS_RUN, so
+# several servers on different ports can run at once. No systemd: the process is ours, stopped by
+# its pid. install needs root only when the package is missing.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+port="${JANUS_PORT:-8188}"
+run="${JANUS_RUN:-/tmp/loadgen-janus-$port}"
+pidfile="$run/janus.pid"
+
+install() {
+	command -v janus >/dev/null 2>&1 && return 0
+	if [ "$(id -u)" != 0 ]; then
+		echo "janus is missing; run as root or: sudo apt-get install --no-install-recommends janus" >&2
+		exit 1
+	fi
+	# a fresh image has no package lists yet; a stale one may name versions no longer served
+	if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends janus >/dev/null; then
+		apt-get -o DPkg::Lock::Timeout=600 update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends janus >/dev/null
+	fi
+}
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+start() {
+	install
+	if running; then
+		echo "janus already running on ws://127.0.0.1:$port (pid $(cat "$pidfile"))"
+		return 0
+	fi
+	if listening; then
+		echo "port $port on 127.0.0.1 is taken by another process" >&2
+		exit 1
+	fi
+	local lib
+	lib="/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch)/janus"
+	rm -rf "$run/conf"
+	mkdir -p "$run/conf"
+	for file in "$here"/janus/*.jcfg; do
+		sed -e "s|@JANUS_LIB@|$lib|g" -e "s|@CONF_DIR@|$run/conf|g" -e "s|@PORT@|$port|g" \
+			"$file" >"$run/conf/$(basename "$file")"
+	done
+	# -N: no log on stdout; -o: no colours in the log file
+	nohup janus -F "$run/conf" -C "$run/conf/janus.jcfg" -N -o -L "$run/janus.log" >"$run/stdout.log" 2>&1 &
+	echo $! >"$pidfile"
+	local deadline=$((SECONDS + 30))
+	until listening; do
+		if ! running || [ "$SECONDS" -ge "$deadline" ]; then
+			echo "janus did not come up on port $port:" >&2
+			tail -n 5 "$run/janus.log" "$run/stdout.log" >&2 || true
+			stop >/dev/null
+			exit 1
+		fi
+		sleep 0.1
+	done
+	echo "janus running on ws://127.0.0.1:$port (pid $(cat "$pidfile"), log $run/janus.log)"
+}
+
+stop() {
+	if running; then
+		local pid
+		pid="$(cat "$pidfile")"
+		# SIGINT is Janus' clean shutdown; it may take a few seconds to tear sessions down
+		kill -INT "$pid"
+		for _ in $(seq 100); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			kill -KILL "$pid"
+		fi
+		echo "janus on port $port stopped"
+	else
+		echo "janus on port $port not running"
+	fi
+	rm -f "$pidfile"
+}
+
+status() {
+	if running; then
+		echo "running on ws://127.0.0.1:$port (pid $(cat "$pidfile"))"
+	else
+		echo "stopped"
+		return 3
+	fi
+}
+
+case "${1:-}" in
+install) install ;;
+start) start ;;
+stop) stop ;;
+status) status ;;
+*)
+	echo "usage: $0 install|start|stop|status" >&2
+	exit 2
+	;;
+esac
