@@ -6,8 +6,12 @@ sharing one interpreter would make each steal the other's core.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import ctypes.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,6 +23,16 @@ log = logging.getLogger("loadgen.embedded")
 
 class BackendStartError(RuntimeError):
     pass
+
+
+#: prctl's option that sends the child a signal when its parent dies
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a generator killed outright (SIGKILL) takes its backend with it."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedBackend:
@@ -45,8 +59,14 @@ class EmbeddedBackend:
         ]  # fmt: skip
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
+        # a run that stops on a usage error exits through sys.exit, past the quit event
+        atexit.register(self.close)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if port_file.exists():

@@ -33,6 +33,7 @@ from loadgen.clock import Estimate, ProcessClock
 from loadgen.drivers.base import Driver
 from loadgen.drivers.reference import ReferenceDriver
 from loadgen.embedded import BackendStartError, EmbeddedBackend
+from loadgen.errors import ConfigError
 from loadgen.population import make_user_id, worker_tag
 from loadgen.profile import ProfileError, load_profile
 from loadgen.session import OperationFailed, Refused, Session
@@ -334,7 +335,7 @@ class RunContext:
             log.info("No --host given: started the reference backend at %s", url)
         try:
             self.resolve_driver()
-        except drivers.UnknownDriver as exc:
+        except ConfigError as exc:  # an unknown driver, or a bad option in the URL
             log.error("%s", exc)
             sys.exit(EXIT_USAGE)
         self._check_core()
@@ -400,7 +401,7 @@ class RunContext:
                 self._read_run_options()
                 # the master's --host and --driver arrive with the test
                 self.resolve_driver()
-            except (ProfileError, drivers.UnknownDriver) as exc:
+            except ConfigError as exc:
                 log.error("The master's options do not work on this worker: %s", exc)
                 gevent.spawn(self.environment.runner.quit)
                 return

@@ -57,3 +57,19 @@ def janus(tmp_path_factory):
     assert started.returncode == 0, started.stdout + started.stderr
     yield f"janus+ws://127.0.0.1:{port}"
     script("stop")
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory):
+    """A Prosody of its own (Debian's package, scripts/servers/prosody.sh) on a free loopback port; its --host URL."""
+    port = free_port()
+    env = {**os.environ, "PROSODY_RUN_DIR": str(tmp_path_factory.mktemp("prosody")), "PROSODY_HTTP_PORT": str(port)}
+
+    def script(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(ROOT / "scripts" / "servers" / "prosody.sh"), command], env=env,
+                              capture_output=True, text=True, timeout=600 * SCALE)  # fmt: skip
+
+    started = script("start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    yield f"xmpp+ws://127.0.0.1:{port}/xmpp-websocket"
+    script("stop")

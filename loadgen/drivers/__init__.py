@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 
 from loadgen.drivers.base import Driver
+from loadgen.errors import ConfigError
 
 #: name -> "module:class"
 DRIVERS: dict[str, str] = {
@@ -28,15 +29,18 @@ SCHEMES: dict[str, str] = {
 }
 
 
-class UnknownDriver(ValueError):
+class UnknownDriver(ConfigError):
     """A ``--driver`` name or URL scheme no driver answers to."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(option, None, "", problem)
 
 
 def load(name: str) -> type[Driver]:
     try:
         module, _, attribute = DRIVERS[name].partition(":")
     except KeyError:
-        raise UnknownDriver(f"no driver named {name!r}; known: {', '.join(sorted(DRIVERS))}") from None
+        raise UnknownDriver("--driver", f"no driver named {name!r}; known: {', '.join(sorted(DRIVERS))}") from None
     return getattr(import_module(module), attribute)
 
 
@@ -49,7 +53,7 @@ def choose(url: str, default: type[Driver], name: str | None = None) -> type[Dri
         return load(SCHEMES[scheme])
     if scheme not in ("ws", "wss"):
         known = ", ".join(["ws", "wss", *SCHEMES])
-        raise UnknownDriver(f"--host {url}: no driver for the scheme {scheme!r}; known schemes: {known}")
+        raise UnknownDriver("--host", f"{url}: no driver for the scheme {scheme!r}; known schemes: {known}")
     return default
 
 
