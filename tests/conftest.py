@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -43,33 +44,34 @@ def write_profile(tmp_path):
     return write
 
 
-@pytest.fixture(scope="session")
-def janus(tmp_path_factory):
-    """A Janus of its own (Debian's package, scripts/servers/janus.sh) on a free loopback port; its --host URL."""
-    port = free_port()
-    env = {**os.environ, "JANUS_PORT": str(port), "JANUS_RUN": str(tmp_path_factory.mktemp("janus"))}
+@contextlib.contextmanager
+def own_server(name: str, env: dict[str, str]):
+    """scripts/servers/<name>.sh started with ``env`` (its port and scratch folder), stopped after."""
 
     def script(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(ROOT / "scripts" / "servers" / "janus.sh"), command], env=env,
+        return subprocess.run([str(ROOT / "scripts" / "servers" / f"{name}.sh"), command], env={**os.environ, **env},
                               capture_output=True, text=True, timeout=600 * SCALE)  # fmt: skip
 
     started = script("start")
     assert started.returncode == 0, started.stdout + started.stderr
-    yield f"janus+ws://127.0.0.1:{port}"
-    script("stop")
+    try:
+        yield
+    finally:
+        script("stop")
+
+
+@pytest.fixture(scope="session")
+def janus(tmp_path_factory):
+    """A Janus of its own (Debian's package) on a free loopback port; its --host URL."""
+    port = free_port()
+    with own_server("janus", {"JANUS_PORT": str(port), "JANUS_RUN": str(tmp_path_factory.mktemp("janus"))}):
+        yield f"janus+ws://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory):
-    """A Prosody of its own (Debian's package, scripts/servers/prosody.sh) on a free loopback port; its --host URL."""
+    """A Prosody of its own (Debian's package) on a free loopback port; its --host URL."""
     port = free_port()
-    env = {**os.environ, "PROSODY_RUN_DIR": str(tmp_path_factory.mktemp("prosody")), "PROSODY_HTTP_PORT": str(port)}
-
-    def script(command: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(ROOT / "scripts" / "servers" / "prosody.sh"), command], env=env,
-                              capture_output=True, text=True, timeout=600 * SCALE)  # fmt: skip
-
-    started = script("start")
-    assert started.returncode == 0, started.stdout + started.stderr
-    yield f"xmpp+ws://127.0.0.1:{port}/xmpp-websocket"
-    script("stop")
+    scratch = str(tmp_path_factory.mktemp("prosody"))
+    with own_server("prosody", {"PROSODY_HTTP_PORT": str(port), "PROSODY_RUN_DIR": scratch}):
+        yield f"xmpp+ws://127.0.0.1:{port}/xmpp-websocket"
