@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -29,10 +28,20 @@ class BackendStartError(RuntimeError):
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: a generator killed outright (SIGKILL) takes its backend with it."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent_hook():
+    """What the child runs before exec so that a generator killed outright (SIGKILL) takes its backend with it.
+
+    libc is looked up here, in the parent: between fork and exec the child may do no more than
+    the one call (a library search there would spawn a process of its own).
+    """
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent
 
 
 class EmbeddedBackend:
@@ -63,7 +72,7 @@ class EmbeddedBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=_die_with_parent_hook(),
             )
         # a run that stops on a usage error exits through sys.exit, past the quit event
         atexit.register(self.close)
