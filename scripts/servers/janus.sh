@@ -11,6 +11,7 @@
 # its pid. install needs root only when the package is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$here/apt.sh"
 port="${JANUS_PORT:-8188}"
 run="${JANUS_RUN:-/tmp/loadgen-janus-$port}"
 pidfile="$run/janus.pid"
@@ -21,11 +22,7 @@ install() {
 		echo "janus is missing; run as root or: sudo apt-get install --no-install-recommends janus" >&2
 		exit 1
 	fi
-	# a fresh image has no package lists yet; a stale one may name versions no longer served
-	if ! DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends janus >/dev/null; then
-		apt-get -o DPkg::Lock::Timeout=600 update -qq
-		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends janus >/dev/null
-	fi
+	apt_install janus
 }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }

@@ -16,6 +16,7 @@
 # with the driver's default password "loadgen", for runs with ?auth=plain.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+. "$here/apt.sh"
 export PROSODY_RUN_DIR="${PROSODY_RUN_DIR:-/tmp/loadgen-prosody}"
 export PROSODY_HTTP_PORT="${PROSODY_HTTP_PORT:-5280}"
 config="$here/prosody.cfg.lua"
@@ -28,16 +29,7 @@ install() {
 		echo "prosody.sh: prosody is missing; run as root or: sudo apt-get install prosody lua-unbound" >&2
 		exit 1
 	fi
-	# the package's own service must not start (it would listen on every interface): a
-	# policy-rc.d that refuses every start, only while the package installs, unless one exists
-	if [ ! -e /usr/sbin/policy-rc.d ]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod +x /usr/sbin/policy-rc.d
-		trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-	fi
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-		prosody lua-unbound >/dev/null
+	apt_install prosody lua-unbound
 }
 
 running() { [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
