@@ -240,6 +240,8 @@ class Receiver:
     def __init__(self, accounting: Accounting) -> None:
         self.accounting = accounting
         self.tracks: dict[str, _Track] = {}
+        #: room (or inbox) -> its sender streams we follow, so joins and leaves touch only those
+        self._senders: dict[str, list[str]] = {}
 
     def open_window(self, stream: str, head: int) -> None:
         """Joined (or logged in): everything after ``head`` is meant for us.
@@ -271,22 +273,24 @@ class Receiver:
         track.open = False
 
     def _sender_streams(self, stream: str) -> list[str]:
-        return [sub for sub in self.tracks if parent_stream(sub) == stream and sub != stream]
+        return self._senders.get(stream, [])
 
     def roaming_streams(self) -> list[str]:
         """Rooms (and the inbox) whose sender streams we follow: their history may hold what we missed."""
-        return sorted({parent_stream(sub) for sub in self.tracks if parent_stream(sub) != sub})
+        return sorted(self._senders)
 
     def _track_for(self, delivery: Delivery) -> _Track | None:
         """The delivery's track; a sender stream opens at its first message inside its room's window."""
         track = self.tracks.get(delivery.stream)
         if track is not None:
             return track
-        parent = self.tracks.get(parent_stream(delivery.stream))
-        if parent is None or not parent.open or parent_stream(delivery.stream) == delivery.stream:
+        room = parent_stream(delivery.stream)
+        parent = self.tracks.get(room)
+        if room == delivery.stream or parent is None or not parent.open:
             return None
         # nothing tells what this sender sent before we saw it: we follow it from here
         track = self.tracks[delivery.stream] = _Track(delivery.seq - 1)
+        self._senders.setdefault(room, []).append(delivery.stream)
         return track
 
     def close_all(self, heads: dict[str, int] | None = None) -> None:

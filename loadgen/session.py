@@ -144,6 +144,9 @@ class Session:
         self.dropped = False
         self._ws: WebSocketClient | None = None
         self._waiting: dict[int, AsyncResult] = {}
+        # only drivers that send frames unasked are asked for them: a call per received message
+        # and a ticker greenlet per connection are not free at thousands of connections
+        self._speaks_unasked = type(driver).pending is not Driver.pending
         self._closing = False
 
     # -- connection -------------------------------------------------------------------
@@ -169,8 +172,7 @@ class Session:
             self.report("ws.connect", time.perf_counter() - started, exc)
             raise
         self.report("ws.connect", time.perf_counter() - started, None)
-        if type(self.driver).pending is not Driver.pending:
-            # only drivers that speak unasked get a ticker: thousands of idle greenlets cost memory
+        if self._speaks_unasked:
             gevent.spawn(self._tick)
 
     def close(self) -> None:
@@ -281,14 +283,12 @@ class Session:
     def _call(self, name: str, outgoing: Outgoing, report: bool = True):
         """Send, wait for the reply, report it; expected refusals raise Refused."""
         if self.logged_out:
-            # the run's drain logged this session out under a user mid-way through a room move:
-            # what it tries next is not the backend's failure
+            # the end-of-run drain logs every connection out, possibly while its user is half-way
+            # through moving rooms: what the user tries next is not the backend's failure
             raise LoggedOut(name)
         ws = self._ws
         waiter = AsyncResult()
-        if outgoing.done is not None:
-            waiter.set(outgoing.done)
-        else:
+        if outgoing.done is None:
             self._waiting[outgoing.request_id] = waiter
         started = time.perf_counter()
         try:
@@ -298,6 +298,10 @@ class Session:
                 ws.send_binary(outgoing.payload)
             else:
                 ws.send_text(outgoing.payload)
+            if outgoing.done is not None:
+                # answered by the driver itself: applied as a backend's reply would be
+                self._apply(outgoing.done)
+                waiter.set(outgoing.done)
             result = waiter.get(timeout=self.request_timeout)
         except TimeoutError as exc:
             error: BaseException = OperationTimeout(name, self.request_timeout)
@@ -322,7 +326,8 @@ class Session:
     def _on_message(self, data: bytes, binary: bool) -> None:
         receiver = self.receiver
         events = self.driver.receive(data, binary)
-        self._send_pending()
+        if self._speaks_unasked:
+            self._send_pending()
         for event in events:
             if isinstance(event, Delivery):
                 outcome = receiver.deliver(event)

@@ -41,7 +41,8 @@ class Outgoing:
     """One frame to send, and the id its reply will carry.
 
     ``done``: for a frame the backend does not answer (a receipt, a presence), the operation's
-    result at once; the session sends the frame and waits for nothing.
+    result at once; the session sends the frame, applies the result as it would a reply and
+    waits for nothing.
     """
 
     request_id: int
