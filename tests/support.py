@@ -176,3 +176,19 @@ class Cluster:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def profile_error(tmp_path: Path, text: str) -> str:
+    """The message load_profile gives for a profile file holding ``text``; it must start with the path."""
+    from loadgen.profile import ProfileError, load_profile
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    try:
+        load_profile(path)
+    except ProfileError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError(f"{text!r} loaded as a profile")
+    assert message.startswith(str(path)), message
+    return message

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from loadgen.profile import MessagingProfile, ProfileError, load_profile, reference
+from tests.support import profile_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +41,7 @@ def test_keys_override_defaults(tmp_path):
 )
 def test_bad_profiles_name_file_line_and_key(tmp_path, text, where):
     """Every kind of mistake is reported with the file, the line and the key."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(ProfileError) as caught:
-        load_profile(path)
-    assert str(caught.value).startswith(str(path))
-    assert where in str(caught.value)
+    assert where in profile_error(tmp_path, text)
 
 
 def test_missing_file_is_a_profile_error(tmp_path):

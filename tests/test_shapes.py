@@ -14,9 +14,9 @@ from locust.env import Environment
 from locust.event import Events
 from locust.runners import STATE_STOPPED
 
-from loadgen.profile import Profile, ProfileError, ShapeProfile, load_profile
+from loadgen.profile import Profile, ShapeProfile, load_profile
 from loadgen.shapes import duration_of, install_shape, shape_class, tick_at, users_at
-from tests.support import SCALE
+from tests.support import SCALE, profile_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,12 +109,7 @@ def test_shape_section_is_read_with_its_own_knobs(tmp_path):
 )
 def test_bad_shape_sections_name_file_line_and_key(tmp_path, text, where):
     """Every mistake in a shape section is reported with the file, the line and the key."""
-    path = tmp_path / "bad.yaml"
-    path.write_text(text)
-    with pytest.raises(ProfileError) as caught:
-        load_profile(path)
-    assert str(caught.value).startswith(str(path))
-    assert where in str(caught.value)
+    assert where in profile_error(tmp_path, text)
 
 
 def test_install_shape_caps_at_run_time_and_warns_of_ignored_users(caplog):
