@@ -233,6 +233,10 @@ class Session:
     def history(self, stream: str, since: int, limit: int = 500) -> HistoryResult:
         return self._call("history.fetch", self.driver.history(stream, since, limit))
 
+    def echo(self, body: str, sent_at: float) -> Done:
+        """One round trip that changes nothing on the backend (``session.echo``)."""
+        return self._call("session.echo", self.driver.echo(sent_at, body))
+
     def logout(self) -> LogoutResult:
         result = self._call("session.logout", self.driver.logout())
         self.rooms.clear()

@@ -351,3 +351,7 @@ class Driver(abc.ABC):
     def call_op(self, op: str, sent_at: float, **fields: object) -> Outgoing:
         """A call operation (``call.invite``, ``call.accept``, ``call.reject``, ``call.hangup``)."""
         raise Unsupported(op)
+
+    def echo(self, sent_at: float, body: str) -> Outgoing:
+        """A request the backend answers at once, doing nothing else: a round trip and no more."""
+        raise Unsupported("echo")

@@ -246,6 +246,13 @@ class ReferenceDriver(Driver):
     def logout(self) -> Outgoing:
         return self._request(_logout, "logout")
 
+    def echo(self, sent_at: float, body: str) -> Outgoing:
+        # written as its own ack, so that a bare echo server answers it as the backend does
+        request_id = next(self._ids)
+        self._pending[request_id] = _done
+        frame = {"op": "echo", "id": request_id, "ev": "ack", "re": request_id, "ts": sent_at, "body": body}
+        return Outgoing(request_id, orjson.dumps(frame))
+
     def receive(self, data: bytes, binary: bool) -> list[Event]:
         if binary:
             return [Malformed("binary frame", data)]

@@ -33,7 +33,7 @@ from ._metrics import INVALID_OP, OPS, ServerStats
 NAME_MAX = 64
 HISTORY_PAGE_MAX = 500
 REORDER_HOLD_S = 0.1
-_OPEN_OPS = frozenset({"login", "time"})
+_OPEN_OPS = frozenset({"login", "time", "echo"})
 SEATS_DEFAULT = 8
 SEATS_MAX = 16
 RECENT_MESSAGES = 20
@@ -727,6 +727,11 @@ class Hub:
 
     def _op_time(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         return {"t0": _number(req, "t0"), "server_time": _now()}
+
+    def _op_echo(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        body = _str(req, "body")
+        self._check_body(body)
+        return {"op": "echo", "id": req["id"], "ts": _number(req, "ts"), "body": body}
 
     def _op_logout(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
         user = conn.user

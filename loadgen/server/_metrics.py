@@ -22,6 +22,7 @@ OPS = (
     "read",
     "history",
     "time",
+    "echo",
     "logout",
     "seat.take",
     "seat.leave",

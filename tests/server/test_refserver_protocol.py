@@ -173,6 +173,13 @@ def test_time_echoes_t0_with_server_time(client):
     assert abs(ack["server_time"] - time.time()) < 5
 
 
+def test_echo_sends_the_request_back_as_its_ack_before_any_login(client):
+    """The echo op answers with the request's own fields, so a bare echo server is a drop-in stand-in."""
+    ack = client().ok("echo", ts=EXACT_TS, body="ping")
+    assert (ack["op"], ack["ts"], ack["body"]) == ("echo", EXACT_TS, "ping")
+    assert ack["id"] == ack["re"]
+
+
 def test_server_answers_pings(client, timeout):
     """A WebSocket ping from the client is answered with a pong."""
     assert client().ws.ping().wait(timeout)
