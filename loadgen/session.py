@@ -307,7 +307,8 @@ class Session:
                 self._apply(outgoing.done)
                 waiter.set(outgoing.done)
             result = waiter.get(timeout=self.request_timeout)
-        except TimeoutError as exc:
+        except gevent.Timeout as exc:
+            # AsyncResult.get raises gevent's Timeout, a BaseException, not the builtin TimeoutError
             error: BaseException = OperationTimeout(name, self.request_timeout)
             self.report(name, time.perf_counter() - started, error)
             raise error from exc
