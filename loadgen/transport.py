@@ -51,6 +51,11 @@ from websockets.protocol import CLOSED, CONNECTING, OPEN
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # a build of websockets without its C extension
+    from websockets.utils import apply_mask
+
 __all__ = [
     "ConnectError",
     "ConnectTimeout",
@@ -82,6 +87,35 @@ _CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 _TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
 
 _connection_ids = itertools.count(1)
+
+# Client frames need unpredictable masks (RFC 6455, 5.3): one read of the kernel's random
+# source serves a thousand frames here, where websockets' serializer makes a syscall per frame.
+_MASK_POOL_BYTES = 4096
+_mask_pool = b""
+_mask_taken = _MASK_POOL_BYTES
+
+
+def _next_mask() -> bytes:
+    global _mask_pool, _mask_taken
+    if _mask_taken == _MASK_POOL_BYTES:
+        _mask_pool, _mask_taken = os.urandom(_MASK_POOL_BYTES), 0
+    start = _mask_taken
+    _mask_taken = start + 4
+    return _mask_pool[start : start + 4]
+
+
+def _data_frame(data: bytes, binary: bool) -> bytes:
+    """One unfragmented, masked client data frame, as ``Frame.serialize`` writes it."""
+    length = len(data)
+    head1 = 0x82 if binary else 0x81
+    if length < 126:
+        header = bytes((head1, 0x80 | length))
+    elif length < 65536:
+        header = bytes((head1, 0xFE)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((head1, 0xFF)) + length.to_bytes(8, "big")
+    mask = _next_mask()
+    return b"".join((header, mask, apply_mask(data, mask)))
 
 
 class TransportError(Exception):
@@ -364,27 +398,35 @@ class WebSocketClient:
             protocol = self._protocol
             if self._lost_reason is not None or protocol.state is not OPEN:
                 raise self._closed_error()
-            if binary:
-                protocol.send_binary(data)
-            else:
-                protocol.send_text(data)
             try:
-                self._flush_locked()
+                if protocol.writes or protocol.extensions or protocol.debug:
+                    if binary:
+                        protocol.send_binary(data)
+                    else:
+                        protocol.send_text(data)
+                    self._flush_locked()
+                else:
+                    # the common case, framed here: nothing else queued, no extension to apply
+                    self._write_locked(_data_frame(data, binary))
+                    # a pong or close frame the reader queued while sendall waited goes out now
+                    self._flush_locked()
             except OSError as exc:
                 raise self._closed_error() from exc
 
     def _flush_locked(self) -> None:
         protocol = self._protocol
-        sendall = self._sock.sendall
+        # Loop until empty: the reader may queue a pong or a close frame while this
+        # greenlet waits in sendall, and leaves writing it to the lock holder.
+        while protocol.writes:
+            for chunk in protocol.data_to_send():
+                # An empty chunk asks for a half-close; the socket is closed right
+                # after in every case where the protocol asks for one.
+                if chunk:
+                    self._write_locked(chunk)
+
+    def _write_locked(self, chunk: bytes) -> None:
         try:
-            # Loop until empty: the reader may queue a pong or a close frame while this
-            # greenlet waits in sendall, and leaves writing it to the lock holder.
-            while protocol.writes:
-                for chunk in protocol.data_to_send():
-                    # An empty chunk asks for a half-close; the socket is closed right
-                    # after in every case where the protocol asks for one.
-                    if chunk:
-                        sendall(chunk)
+            self._sock.sendall(chunk)
         except BaseException as exc:
             # A frame cut short (error, or a greenlet killed mid-send, as Locust does when
             # it stops users) leaves a stream the server cannot parse: nothing more may go out.

@@ -22,6 +22,19 @@ def test_large_messages_round_trip(peer, connect, inbox):
     assert messages[1] == (text, False)
 
 
+def test_every_length_encoding_and_both_types_come_back_intact(peer, connect, inbox):
+    """Frames are built in the transport: 7-bit, 16-bit and 64-bit lengths at their edges, text and binary."""
+    lengths = (0, 1, 125, 126, 127, 65535, 65536, 70000)
+    client = connect(peer.url("/echo"))
+    for length in lengths:
+        client.send_text(b"t" * length)
+        client.send_binary(bytes(range(256)) * (length // 256) + bytes(length % 256))
+    expected = [
+        m for n in lengths for m in ((b"t" * n, False), (bytes(range(256)) * (n // 256) + bytes(n % 256), True))
+    ]
+    assert inbox.wait_messages(len(expected), seconds=20) == expected
+
+
 def test_message_over_max_size_closes_with_1009(peer, connect, inbox):
     """An incoming message larger than max_size ends the connection with code 1009."""
     client = connect(peer.url("/echo"), max_size=65536)
