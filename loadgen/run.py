@@ -25,7 +25,7 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import drivers, grafana, merge, metrics, record
+from loadgen import drivers, grafana, merge, metrics, planning, record
 from loadgen import slo as slo_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting
@@ -44,6 +44,8 @@ log = logging.getLogger("loadgen")
 
 #: Locust's "Type" column for client operations and for end-to-end delivery outcomes
 OPERATION = "WS"
+#: after the last user started, how long its on_start has to choose rooms before the load is judged
+PLANNING_DELAY_S = 2.0
 DELIVERY = "E2E"
 INVARIANT = "INV"
 
@@ -277,10 +279,17 @@ class RunContext:
             self._connect_grafana()
         self._serve_metrics()
         events.test_start.add_listener(self._on_test_start)
+        events.spawning_complete.add_listener(self._on_spawning_complete)
         events.test_stopping.add_listener(self._on_test_stopping)
         events.test_stop.add_listener(self._on_test_stop)
         events.quitting.add_listener(self._on_quitting)
         events.quit.add_listener(self._on_quit)
+
+    def _on_spawning_complete(self, **_kwargs) -> None:
+        if not self.is_master:
+            # users pick their rooms as they start: judge the load once they have
+            self._greenlets.append(gevent.spawn_later(PLANNING_DELAY_S, planning.warn_if_overloaded,
+                                                      list(self.users), self.driver_can))  # fmt: skip
 
     def _connect_grafana(self) -> None:
         url = getattr(self.options, "grafana_url", None)

@@ -61,6 +61,8 @@ class Activity:
     storm: str | None = None
     #: the operations it performs: a driver that cannot do them all skips this behaviour
     needs: tuple[str, ...] = ()
+    #: each time, the backend pushes the outcome to every member of the user's room
+    broadcast = False
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -316,6 +318,7 @@ class Post(Activity):
 
 class PostToRoom(Post):
     needs = ("msg.send",)
+    broadcast = True
 
     def target(self, user: RealtimeUser) -> str | None:
         return user.rng.choice(user.rooms) if user.rooms else None

@@ -123,6 +123,7 @@ class RoomMember(RealtimeUser):
 class SendGift(Activity):
     storm = "gift"
     needs = ("gift",)
+    broadcast = True
 
     def __init__(self, rate: float, value: int, combo_max: int) -> None:
         super().__init__(rate)
@@ -139,6 +140,7 @@ class SendGift(Activity):
 class SendDanmaku(Activity):
     storm = "gift"
     needs = ("danmaku",)
+    broadcast = True
 
     def __call__(self, user: RoomMember, intended: float) -> None:
         user.session.room_op("danmaku", user.room, intended + user.run_context.accounting.clock_offset, text="666")
@@ -160,6 +162,7 @@ class ChangeSettings(Activity):
     """A seated user switches its voice effect, or (now and then) the background music."""
 
     needs = ("settings",)
+    broadcast = True
     EFFECTS = ("none", "ktv", "hall", "robot", "child")
 
     def __call__(self, user: RoomMember, intended: float) -> None:

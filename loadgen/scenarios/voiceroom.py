@@ -12,6 +12,7 @@ class HopSeat(Activity):
 
     storm = "seat_churn"
     needs = ("seat.take", "seat.leave")
+    broadcast = True
 
     def __call__(self, user: VoiceRoomUser, intended: float) -> None:
         if user.view.my_seat is not None:

@@ -47,6 +47,17 @@ def test_clean_run_on_the_embedded_backend(locust_run):
     assert run.summary["users_peak"] == 40
     assert "End-to-end delivery (messaging" in run.output
     assert "msg.deliver" in run.output
+    assert "by the bench's figures" not in run.output, "a light run warned of overload"
+
+
+def test_a_load_beyond_one_core_is_warned_of_with_the_figures_behind_it(locust_run, write_profile):
+    """100 users in 2 rooms posting 5/s: 500 posts/s, each pushed to 49 others: 24,500 deliveries/s to one process."""
+    profile = write_profile(
+        "messaging: {rooms: 2, rooms_per_user: 1, post_rate: 5, dm_rate: 0, read_rate: 0, reconnect_rate: 0}\n"
+    )
+    run = locust_run("messaging.py", "--profile", profile, "-u", "100", "-r", "100", "-t", "5s", "--drain", "1")
+    assert "users ask for about 500 operations/s and 24,500 room deliveries/s" in run.output, run
+    assert "--processes 2" in run.output, run
 
 
 @pytest.mark.parametrize(
