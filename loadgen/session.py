@@ -46,6 +46,50 @@ Reporter = Callable[[str, float, "BaseException | None"], None]
 
 log = logging.getLogger("loadgen.session")
 
+#: how often overdue requests are looked for: a request times out at most this much late
+DEADLINE_RESOLUTION_S = 0.1
+
+
+class _Overdue(Exception):
+    """Set on a waiter whose request outlived its deadline."""
+
+
+class _Deadlines:
+    """Request deadlines of every session in the process, checked by one greenlet.
+
+    A gevent Timeout per request (what ``AsyncResult.get(timeout=…)`` starts) costs as
+    much as the rest of a round trip's bookkeeping at thousands of round trips a second;
+    one sweep over the requests in flight, ten times a second, costs next to nothing.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[AsyncResult, float] = {}
+        self._sweeper = None
+
+    def watch(self, waiter: AsyncResult, seconds: float) -> None:
+        self._due[waiter] = time.monotonic() + seconds
+        # a sweeper of a hub that is gone (a test's, a parent process's before a fork) sweeps nothing
+        if self._sweeper is None or self._sweeper.dead:
+            self._sweeper = gevent.spawn_raw(self._sweep)
+
+    def forget(self, waiter: AsyncResult) -> None:
+        self._due.pop(waiter, None)
+
+    def _sweep(self) -> None:
+        try:
+            while self._due:
+                gevent.sleep(DEADLINE_RESOLUTION_S)
+                now = time.monotonic()
+                for waiter, due in list(self._due.items()):
+                    if due <= now and not waiter.ready():
+                        del self._due[waiter]
+                        waiter.set_exception(_Overdue())
+        finally:
+            self._sweeper = None
+
+
+_deadlines = _Deadlines()
+
 
 class LoggedOut(ConnectionClosed):
     """An operation on a session that has logged out; not sent, not reported."""
@@ -295,6 +339,7 @@ class Session:
         if outgoing.done is None:
             self._waiting[outgoing.request_id] = waiter
         started = time.perf_counter()
+        _deadlines.watch(waiter, self.request_timeout)
         try:
             if ws is None:
                 raise ConnectionClosed(None, "not connected")
@@ -306,9 +351,8 @@ class Session:
                 # answered by the driver itself: applied as a backend's reply would be
                 self._apply(outgoing.done)
                 waiter.set(outgoing.done)
-            result = waiter.get(timeout=self.request_timeout)
-        except gevent.Timeout as exc:
-            # AsyncResult.get raises gevent's Timeout, a BaseException, not the builtin TimeoutError
+            result = waiter.get()
+        except _Overdue as exc:
             error: BaseException = OperationTimeout(name, self.request_timeout)
             self.report(name, time.perf_counter() - started, error)
             raise error from exc
@@ -321,6 +365,7 @@ class Session:
             self.report(name, time.perf_counter() - started, exc)
             raise
         finally:
+            _deadlines.forget(waiter)
             self._waiting.pop(outgoing.request_id, None)
         if report:
             self.report(name, time.perf_counter() - started, None)

@@ -45,7 +45,7 @@ import gevent.socket
 import gevent.ssl
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI, ProtocolError
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN
 from websockets.typing import Subprotocol
@@ -210,6 +210,9 @@ class WebSocketClient:
         "_result",
         "_fragments",
         "_fragments_binary",
+        "_fragments_size",
+        "_unparsed",
+        "_unparsed_needed",
         "_ping_interval",
         "_ping_timeout",
         "_timer",
@@ -244,6 +247,11 @@ class WebSocketClient:
         self._result: ConnectionClosed | None = None
         self._fragments: list[bytes | bytearray] = []
         self._fragments_binary = False
+        self._fragments_size = 0
+        # the tail of the reads that does not make a whole frame yet, and how long that frame is
+        # once its header is known (see _parse)
+        self._unparsed = bytearray()
+        self._unparsed_needed = 0
         self._ping_interval: float | None = None
         self._ping_timeout: float | None = None
         self._timer: Any = None
@@ -425,8 +433,19 @@ class WebSocketClient:
                     self._write_locked(chunk)
 
     def _write_locked(self, chunk: bytes) -> None:
+        sock = self._sock
         try:
-            self._sock.sendall(chunk)
+            if type(sock) is gevent.socket.socket:
+                # one system call in the usual case, where the kernel takes the whole frame;
+                # gevent's sendall spends more in Python than the call itself on small frames
+                try:
+                    sent = sock._sock.send(chunk)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(chunk):
+                    sock.sendall(memoryview(chunk)[sent:])
+            else:
+                sock.sendall(chunk)
         except BaseException as exc:
             # A frame cut short (error, or a greenlet killed mid-send, as Locust does when
             # it stops users) leaves a stream the server cannot parse: nothing more may go out.
@@ -478,20 +497,32 @@ class WebSocketClient:
 
     def _read_loop(self, events: list[Any]) -> None:
         protocol = self._protocol
-        recv = self._sock.recv
+        sock = self._sock
+        recv = _plain_receiver(sock) or sock.recv
         try:
             # Frames and pings that arrived together with the handshake response.
             if protocol.writes:
                 self._flush_from_reader()
             if events:
                 self._dispatch(events)
+            # Data frames are parsed here while the connection is open and the protocol holds
+            # no partial frame of its own (one that came with the handshake response).
+            parse_here = (
+                protocol.state is OPEN
+                and not protocol.reader.buffer
+                and protocol.current_size is None
+                and not protocol.extensions
+            )
             while True:
                 data = recv(_RECV_SIZE)
                 if not data:
                     # Whatever the protocol state, nothing more can arrive.
                     protocol.receive_eof()
                     break
-                protocol.receive_data(data)
+                if parse_here:
+                    parse_here = self._parse(data)
+                else:
+                    protocol.receive_data(data)
                 if protocol.writes:
                     self._flush_from_reader()
                 if protocol.events:
@@ -511,6 +542,99 @@ class WebSocketClient:
                 self._lost_reason = "reader stopped"
             self._finish()
 
+    def _parse(self, data: bytes) -> bool:
+        """Deliver the whole data frames in ``data``; False once the protocol must take over.
+
+        websockets' parser spends more per small frame than everything else on the receive
+        path (three generator layers and a Frame object each); this does what it does for
+        unmasked server data frames, with its checks and close codes. Control frames go to
+        the protocol, one whole frame at a time, so it still answers pings and runs the
+        closing handshake; once it leaves OPEN it reads all the rest itself.
+        """
+        protocol = self._protocol
+        if self._unparsed:
+            self._unparsed += data
+            if len(self._unparsed) < self._unparsed_needed:
+                return True
+            data = bytes(self._unparsed)
+            self._unparsed = bytearray()
+        size = len(data)
+        needed = 0
+        pos = 0
+        while size - pos >= 2:
+            head1, head2 = data[pos], data[pos + 1]
+            length = head2 & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length, start = int.from_bytes(data[pos + 2 : pos + 4], "big"), pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
+            opcode = head1 & 0x0F
+            problem = self._frame_problem(head1, head2, opcode, length)
+            if problem is not None:
+                protocol.fail(*problem)
+                return False
+            end = start + length
+            if end > size:
+                needed = end - pos
+                break
+            if opcode >= 8:
+                if opcode == 8 and self._fragments:
+                    protocol.fail(CloseCode.PROTOCOL_ERROR, "incomplete fragmented message")
+                    return False
+                protocol.receive_data(data[pos:end])
+                if protocol.state is not OPEN:
+                    protocol.receive_data(data[end:])
+                    return False
+                if protocol.events:
+                    self._dispatch(protocol.events_received())
+            elif not head1 & 0x80:
+                self._fragments.append(data[start:end])
+                self._fragments_size += length
+                if opcode:
+                    self._fragments_binary = opcode == 2
+            elif opcode:
+                self._deliver(data[start:end], opcode == 2)
+            else:
+                self._fragments.append(data[start:end])
+                payload = b"".join(self._fragments)
+                self._fragments, self._fragments_size = [], 0
+                self._deliver(payload, self._fragments_binary)
+            pos = end
+        if pos < size:
+            self._unparsed = bytearray(data[pos:])
+            self._unparsed_needed = needed
+        return True
+
+    def _frame_problem(self, head1: int, head2: int, opcode: int, length: int) -> tuple[int, str] | None:
+        """What is wrong with a frame by its header, as websockets' parser would fail it; None if nothing."""
+        if head2 & 0x80:
+            return CloseCode.PROTOCOL_ERROR, "incorrect masking"
+        if head1 & 0x70:
+            return CloseCode.PROTOCOL_ERROR, "reserved bits must be 0"
+        if opcode >= 8:
+            if opcode > 10:
+                return CloseCode.PROTOCOL_ERROR, f"invalid opcode: {opcode}"
+            if length > 125:
+                return CloseCode.PROTOCOL_ERROR, "control frame too long"
+            if not head1 & 0x80:
+                return CloseCode.PROTOCOL_ERROR, "fragmented control frame"
+            return None
+        if opcode > 2:
+            return CloseCode.PROTOCOL_ERROR, f"invalid opcode: {opcode}"
+        if opcode and self._fragments:
+            return CloseCode.PROTOCOL_ERROR, "expected a continuation frame"
+        if not opcode and not self._fragments:
+            return CloseCode.PROTOCOL_ERROR, "unexpected continuation frame"
+        limit = self._protocol.max_message_size
+        if limit is not None and self._fragments_size + length > limit:
+            return CloseCode.MESSAGE_TOO_BIG, f"frame with {length} bytes exceeds limit of {limit} bytes"
+        return None
+
     def _flush_from_reader(self) -> None:
         # When a sender holds the lock it writes what the protocol queued before releasing
         # it; waiting for the lock here would stop reading behind a large send.
@@ -522,7 +646,6 @@ class WebSocketClient:
             self._sock.settimeout(_CLOSE_TIMEOUT)
 
     def _dispatch(self, frames: list[Frame]) -> None:
-        on_message = self._on_message
         for frame in frames:
             opcode = frame.opcode
             if opcode is _TEXT or opcode is _BINARY:
@@ -544,12 +667,15 @@ class WebSocketClient:
                 if opcode is _PONG and self._awaiting_pong and frame.data == self._ping_payload:
                     self._pong_received()
                 continue
-            try:
-                on_message(payload, binary)
-            except Exception:
-                self.callback_errors += 1
-                if self.callback_errors == 1:
-                    self._log.exception("on_message raised; further errors on this connection are only counted")
+            self._deliver(payload, binary)
+
+    def _deliver(self, payload: bytes, binary: bool) -> None:
+        try:
+            self._on_message(payload, binary)
+        except Exception:
+            self.callback_errors += 1
+            if self.callback_errors == 1:
+                self._log.exception("on_message raised; further errors on this connection are only counted")
 
     def _finish(self) -> None:
         self._stop_keepalive()
@@ -659,6 +785,38 @@ class WebSocketClient:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
+
+
+def _plain_receiver(sock: Any) -> Callable[[int], bytes] | None:
+    """``recv`` for a plain gevent socket that waits for readiness after a short read.
+
+    gevent's own ``recv`` tries the system call first and waits only when it fails: after
+    every message that is one failing syscall and one exception more than needed, since a
+    short read almost always means the kernel's buffer is empty. TLS sockets keep gevent's.
+    """
+    if type(sock) is not gevent.socket.socket:
+        return None
+    wait, readable = sock._wait, sock._read_event
+    drained = [False]
+
+    def recv(size: int) -> bytes:
+        if drained[0]:
+            wait(readable)
+        while True:
+            try:
+                # looked up on every call: gevent swaps in a closed stand-in when the socket is
+                # closed, and the old object's descriptor number may already belong to another
+                data = sock._sock.recv(size)
+            except BlockingIOError:
+                data = None
+            if data is not None:
+                drained[0] = len(data) < size
+                return data
+            # outside the except clause: waiting in it would keep the exception and its frames
+            # alive for as long as the connection is idle
+            wait(readable)
+
+    return recv
 
 
 def _read_handshake_response(url: str, sock: Any, protocol: ClientProtocol) -> list[Any]:

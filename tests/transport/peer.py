@@ -19,7 +19,11 @@ all of them are accepting:
   ``/hang`` never answers the upgrade; ``/noping`` completes it, then reads and discards
   everything (no pong, no close frame); ``/deaf`` completes it, then never reads again;
   ``/early`` sends a text message "hello" and a close frame 4002 "early" in the same
-  write as the 101 response, and closes TCP once the client answers.
+  write as the 101 response, and closes TCP once the client answers;
+  ``/stream/SEED`` waits for one message, then sends :func:`scripted_stream` of SEED in
+  small random pieces and closes TCP on the client's answer; ``/bad/KIND`` waits for one
+  message, then sends a good text frame "ok" followed by the malformed frame KIND of
+  :data:`BAD_FRAMES`.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import ssl
 import struct
 from http import HTTPStatus
@@ -87,6 +92,62 @@ async def handle(ws: ServerConnection) -> None:
         await drain(ws)
 
 
+def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A server frame (unmasked), as a server writes it."""
+    head = bytes(((0x80 if fin else 0) | opcode,))
+    length = len(payload)
+    if length < 126:
+        return head + bytes((length,)) + payload
+    if length < 65536:
+        return head + bytes((126,)) + struct.pack("!H", length) + payload
+    return head + bytes((127,)) + struct.pack("!Q", length) + payload
+
+
+def scripted_stream(seed: int) -> tuple[bytes, list[tuple[bytes, bool]]]:
+    """Messages of every length class, some fragmented with pings between the pieces, then a close 1000."""
+    rng = random.Random(seed)
+    stream, expected = bytearray(), []
+    for n in range(40):
+        binary = rng.random() < 0.5
+        payload = bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 125, 126, 300)))) if binary else (
+            f"m{n}-".encode() * rng.choice((0, 1, 30, 40, 3000, 20000)))  # fmt: skip
+        expected.append((payload, binary))
+        pieces = rng.choice((1, 1, 2, 4))
+        cut = sorted(rng.randrange(len(payload) + 1) for _ in range(pieces - 1))
+        parts = [payload[a:b] for a, b in zip([0, *cut], [*cut, len(payload)], strict=True)]
+        for k, part in enumerate(parts):
+            stream += _frame((2 if binary else 1) if k == 0 else 0, part, fin=k == len(parts) - 1)
+            if rng.random() < 0.3:
+                stream += _frame(9, b"ping %d" % n)
+    stream += _frame(8, struct.pack("!H", 1000))
+    return bytes(stream), expected
+
+
+#: malformed server frames, each of which fails the connection with 1002
+BAD_FRAMES = {
+    "masked": b"\x81\x82abcd" + bytes(a ^ b for a, b in zip(b"hi", b"ab", strict=True)),
+    "reserved-bits": b"\xc1\x02hi",
+    "lone-continuation": b"\x80\x02hi",
+    "text-inside-fragments": _frame(1, b"a", fin=False) + _frame(1, b"b"),
+    "long-ping": _frame(9, b"x" * 126),
+    "fragmented-ping": _frame(9, b"x", fin=False),
+    "unknown-opcode": _frame(3, b"x"),
+    "close-inside-fragments": _frame(1, b"a", fin=False) + _frame(8, struct.pack("!H", 1000)),
+}
+
+
+async def send_in_pieces(writer: asyncio.StreamWriter, data: bytes, seed: int) -> None:
+    rng = random.Random(seed)
+    position = 0
+    while position < len(data):
+        step = rng.choice((1, 2, 3, 7, 64, 300, 5000))
+        writer.write(data[position : position + step])
+        position += step
+        await writer.drain()
+        if rng.random() < 0.2:
+            await asyncio.sleep(0.001)
+
+
 async def handle_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -114,6 +175,15 @@ async def handle_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
                 pass
         elif path == "/deaf":
             await asyncio.Event().wait()
+        elif path.startswith(("/stream/", "/bad/")):
+            await reader.read(65536)
+            kind = path.rsplit("/", 1)[1]
+            if path.startswith("/stream/"):
+                await send_in_pieces(writer, scripted_stream(int(kind))[0], int(kind))
+            else:
+                writer.write(_frame(1, b"ok") + BAD_FRAMES[kind])
+            # the client's close frame, then TCP goes, as a server ends the closing handshake
+            await reader.read(65536)
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 
 import gevent
+import pytest
 
 from loadgen.transport import ConnectionClosed
+from tests.transport.peer import BAD_FRAMES, scripted_stream
 
 
 def test_large_messages_round_trip(peer, connect, inbox):
@@ -105,3 +107,23 @@ def test_failing_on_message_is_logged_once_and_reading_goes_on(peer, connect, in
     assert len(tracebacks) == 1
     assert any("3 times" in r.getMessage() for r in caplog.records)
     assert isinstance(inbox.closes[0], ConnectionClosed) and inbox.closes[0].clean
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_frames_split_anywhere_with_pings_between_fragments_arrive_whole(peer, connect, inbox, seed):
+    """Every length class, fragmented or not, cut into pieces of 1 byte to 5 KB: each message once, intact."""
+    _stream, expected = scripted_stream(seed)
+    client = connect(peer.raw_url(f"/stream/{seed}"))
+    client.send_text(b"go")
+    closed = inbox.wait_closed(seconds=20)
+    assert inbox.messages == expected
+    assert (closed.code, closed.clean) == (1000, True)
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FRAMES))
+def test_a_malformed_frame_fails_the_connection_with_1002_after_what_came_before(peer, connect, inbox, kind):
+    client = connect(peer.raw_url(f"/bad/{kind}"))
+    client.send_text(b"go")
+    closed = inbox.wait_closed(seconds=10)
+    assert inbox.messages == [(b"ok", False)]
+    assert closed.code == 1002, closed
