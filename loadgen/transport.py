@@ -30,6 +30,7 @@ Concurrency rules, which the rest of the module relies on:
 from __future__ import annotations
 
 import functools
+import ipaddress
 import itertools
 import logging
 import os
@@ -47,7 +48,7 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI, ProtocolError
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Response
-from websockets.protocol import CLOSED, CONNECTING, OPEN
+from websockets.protocol import CLOSED, CONNECTING, OPEN, Protocol
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -204,6 +205,7 @@ class WebSocketClient:
         "_on_close",
         "_send_lock",
         "_done",
+        "_finished",
         "_reader",
         "_lost_reason",
         "_close_requested",
@@ -240,7 +242,9 @@ class WebSocketClient:
         self._on_message = on_message
         self._on_close = on_close
         self._send_lock = gevent.lock.Semaphore()
-        self._done = gevent.event.Event()
+        # made by the first caller that waits for the end: an idle connection holds no Event
+        self._done: gevent.event.Event | None = None
+        self._finished = False
         self._reader: Any = None
         self._lost_reason: str | None = None
         self._close_requested = False
@@ -312,7 +316,7 @@ class WebSocketClient:
         deadline = gevent.Timeout(timeout)
         deadline.start()
         try:
-            sock = gevent.socket.create_connection((wsuri.host, wsuri.port))
+            sock = _open_tcp(wsuri.host, wsuri.port)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if wsuri.secure:
                 # gevent's SSLSocket with the caller's context, whether or not that context
@@ -374,7 +378,7 @@ class WebSocketClient:
         with gevent.Timeout(timeout, False):
             self._send_close(code, reason, timeout)
             if not in_reader:
-                self._done.wait()
+                self._wait_done()
         if self._result is not None:
             return
         if in_reader and self._protocol.state is not OPEN:
@@ -383,7 +387,7 @@ class WebSocketClient:
             self._lost_reason = f"no closing handshake within {timeout:g} s"
         self._drop()
         if not in_reader:
-            self._done.wait(_READER_JOIN_TIMEOUT)
+            self._wait_done(_READER_JOIN_TIMEOUT)
 
     def abort(self) -> None:
         """Drop the TCP connection without a close frame, as a lost link would."""
@@ -393,7 +397,15 @@ class WebSocketClient:
             self._lost_reason = "aborted locally"
         self._drop()
         if gevent.getcurrent() is not self._reader:
-            self._done.wait(_READER_JOIN_TIMEOUT)
+            self._wait_done(_READER_JOIN_TIMEOUT)
+
+    def _wait_done(self, timeout: float | None = None) -> None:
+        """Wait until the reader has finished the connection, on_close included."""
+        if self._finished:
+            return
+        if self._done is None:
+            self._done = gevent.event.Event()
+        self._done.wait(timeout)
 
     def __repr__(self) -> str:
         state = "open" if not self.closed else f"closed {self.close_code}"
@@ -697,7 +709,9 @@ class WebSocketClient:
         except Exception:
             self._log.exception("on_close raised")
         finally:
-            self._done.set()
+            self._finished = True
+            if self._done is not None:
+                self._done.set()
 
     def _outcome(self) -> tuple[int | None, str, bool]:
         protocol = self._protocol
@@ -787,6 +801,25 @@ class WebSocketClient:
             self._timer = None
 
 
+def _open_tcp(host: str, port: int) -> Any:
+    """A connected gevent socket; an address given as digits is not looked up.
+
+    gevent resolves every name in a thread pool, even "127.0.0.1": a sixth of a new
+    connection's CPU in a reconnect storm (bench/connect_rate.py).
+    """
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return gevent.socket.create_connection((host, port))
+    sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _plain_receiver(sock: Any) -> Callable[[int], bytes] | None:
     """``recv`` for a plain gevent socket that waits for readiness after a short read.
 
@@ -840,6 +873,12 @@ def _read_handshake_response(url: str, sock: Any, protocol: ClientProtocol) -> l
         # Not "is OPEN": a close frame in the same read as the response already moved
         # the protocol on to CLOSING.
         if protocol.state is not CONNECTING:
+            if protocol.state is OPEN and not protocol.reader.buffer:
+                # The client parser stays suspended in the handshake's frame of its own for the
+                # connection's life, holding the 101 response and its headers (1.3 KiB); the
+                # frame parser alone has nothing to carry over while no byte is buffered.
+                protocol.parser = Protocol.parse(protocol)
+                next(protocol.parser)
             return events[1:]
         if not data:
             raise HandshakeError(url, "connection closed during the opening handshake")
