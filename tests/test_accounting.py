@@ -222,3 +222,19 @@ def test_history_after_a_rejoin_recovers_what_a_sender_sent_meanwhile(accounting
     accounting.expire()
     counts = accounting.counts
     assert (counts.delivered, counts.recovered, counts.lost) == (2, 2, 1)
+
+
+def test_recording_a_duration_fills_the_slot_hdrh_would():
+    """record_seconds computes hdrh's slot itself; every magnitude lands where record_value puts it."""
+    from loadgen.accounting import HIGHEST_TRACKABLE_US, new_histogram, record_seconds
+
+    ours, theirs = new_histogram(), new_histogram()
+    micros = [1, 2, 3, 1023, 1024, 2047, 2048, 2049, 123_456, 10**6 + 7, 59_999_999, HIGHEST_TRACKABLE_US]
+    micros += [int(1.37**k) + k for k in range(70) if int(1.37**k) + k <= HIGHEST_TRACKABLE_US]
+    for seconds in [m / 1e6 for m in micros] + [-0.5, 10**7]:
+        record_seconds(ours, seconds)
+        theirs.record_value(min(max(int(seconds * 1e6), 1), HIGHEST_TRACKABLE_US))
+    assert list(ours.counts) == list(theirs.counts)
+    assert ours.total_count == theirs.total_count == len(micros) + 2
+    assert (ours.min_value, ours.max_value) == (theirs.min_value, theirs.max_value)
+    assert ours.get_value_at_percentile(99) == theirs.get_value_at_percentile(99)
