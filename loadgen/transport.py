@@ -572,6 +572,7 @@ class WebSocketClient:
             self._unparsed = bytearray()
         size = len(data)
         needed = 0
+        limit = protocol.max_message_size
         pos = 0
         while size - pos >= 2:
             head1, head2 = data[pos], data[pos + 1]
@@ -586,8 +587,15 @@ class WebSocketClient:
                     break
                 length, start = int.from_bytes(data[pos + 2 : pos + 10], "big"), pos + 10
             opcode = head1 & 0x0F
-            problem = self._frame_problem(head1, head2, opcode, length)
-            if problem is not None:
+            # the usual frame (a whole unmasked text or binary message within the size limit)
+            # needs no closer look
+            usual = (
+                (head1 == 0x81 or head1 == 0x82)
+                and head2 < 0x80
+                and not self._fragments
+                and (limit is None or length <= limit)
+            )
+            if not usual and (problem := self._frame_problem(head1, head2, opcode, length)) is not None:
                 protocol.fail(*problem)
                 return False
             end = start + length
