@@ -145,6 +145,14 @@ class OperationTimeout(OperationFailed):
 class Session:
     """A connection of one user. Not shared between users; safe to use from several greenlets."""
 
+    # slots: a worker holds one Session per user, tens of thousands of them
+    __slots__ = (
+        "url", "driver", "receiver", "report", "sequences", "request_timeout", "connect_timeout",
+        "ping_interval", "headers", "on_delivery", "on_receipt", "on_malformed", "on_dropped", "on_event",
+        "on_closed", "log", "user", "rooms", "logged_out", "dropped", "_ws", "_waiting", "_speaks_unasked",
+        "_closing",
+    )  # fmt: skip
+
     def __init__(
         self,
         url: str,

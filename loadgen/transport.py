@@ -200,7 +200,9 @@ class WebSocketClient:
         "callback_errors",
         "_protocol",
         "_sock",
-        "_log",
+        "_logger",
+        "_conn",
+        "_adapter",
         "_on_message",
         "_on_close",
         "_send_lock",
@@ -227,7 +229,8 @@ class WebSocketClient:
         url: str,
         sock: gevent.socket.socket,
         protocol: ClientProtocol,
-        log: logging.LoggerAdapter,
+        logger: logging.Logger,
+        conn: str,
         on_message: Callable[[bytes, bool], None],
         on_close: Callable[[ConnectionClosed], None] | None,
     ) -> None:
@@ -238,7 +241,9 @@ class WebSocketClient:
         self.callback_errors = 0
         self._protocol = protocol
         self._sock = sock
-        self._log = log
+        self._logger = logger
+        self._conn = conn
+        self._adapter: _ConnectionLogger | None = None
         self._on_message = on_message
         self._on_close = on_close
         self._send_lock = gevent.lock.Semaphore()
@@ -298,12 +303,15 @@ class WebSocketClient:
         if ssl_context is not None and not wsuri.secure:
             raise ValueError(f"ssl_context given for a ws:// URL: {url}")
 
-        log = _ConnectionLogger(logger or _LOGGER, {"conn": f"ws{next(_connection_ids)}"})
+        logger = logger or _LOGGER
+        conn = f"ws{next(_connection_ids)}"
+        # websockets logs little but its frames at debug level; only then is the connection's
+        # name worth an adapter per connection for the protocol to hold
         protocol = ClientProtocol(
             wsuri,
             subprotocols=[Subprotocol(name) for name in subprotocols] if subprotocols else None,
             max_size=max_size,
-            logger=log,
+            logger=_ConnectionLogger(logger, {"conn": conn}) if logger.isEnabledFor(logging.DEBUG) else logger,
         )
         request = protocol.connect()
         for name, value in (headers or {}).items():
@@ -347,10 +355,18 @@ class WebSocketClient:
         finally:
             deadline.close()
 
-        client = cls(url, sock, protocol, log, on_message, on_close)
-        log.debug("connected to %s (subprotocol %s)", url, client.subprotocol)
+        client = cls(url, sock, protocol, logger, conn, on_message, on_close)
+        if logger.isEnabledFor(logging.DEBUG):
+            client._log.debug("connected to %s (subprotocol %s)", url, client.subprotocol)
         client._start(events, ping_interval, ping_timeout)
         return client
+
+    @property
+    def _log(self) -> _ConnectionLogger:
+        # made when the connection first has something to say: an idle one holds no adapter
+        if self._adapter is None:
+            self._adapter = _ConnectionLogger(self._logger, {"conn": self._conn})
+        return self._adapter
 
     @property
     def closed(self) -> bool:
@@ -887,6 +903,9 @@ def _read_handshake_response(url: str, sock: Any, protocol: ClientProtocol) -> l
                 # frame parser alone has nothing to carry over while no byte is buffered.
                 protocol.parser = Protocol.parse(protocol)
                 next(protocol.parser)
+                # a UUID for websockets' own connection classes and the handshake's key: the
+                # Sans-I/O core never reads them again (0.3 KiB a connection)
+                protocol.id = protocol.key = None
             return events[1:]
         if not data:
             raise HandshakeError(url, "connection closed during the opening handshake")
