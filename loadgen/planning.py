@@ -2,8 +2,8 @@
 
 A generator short of CPU does not fail: it queues, and its own queueing shows up as the
 backend's latency. The figures below are the medians of ``python bench/suite.py`` on the
-machine docs/performance.md names; a faster machine does more, so the warning speaks of
-"about" and leaves the decision to the user.
+machine docs/performance.md names, rounded down; a faster machine does more, so the warning
+speaks of "about" and leaves the decision to the user.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 log = logging.getLogger("loadgen")
 
 #: round trips per CPU-second inside Locust with full accounting, 1,000 connections (bench ping-pong)
-OPERATIONS_PER_CORE = 15_000
+OPERATIONS_PER_CORE = 20_000
 #: room messages received and accounted per CPU-second, the worst room size (bench fan-out receive)
-DELIVERIES_PER_CORE = 30_000
+DELIVERIES_PER_CORE = 160_000
 #: past this share of its core a process's latencies start to include its own queueing
 COMFORTABLE_SHARE = 0.7
 

@@ -51,13 +51,13 @@ def test_clean_run_on_the_embedded_backend(locust_run):
 
 
 def test_a_load_beyond_one_core_is_warned_of_with_the_figures_behind_it(locust_run, write_profile):
-    """100 users in 2 rooms posting 5/s: 500 posts/s, each pushed to 49 others: 24,500 deliveries/s to one process."""
+    """50 users in one room posting 100/s: 5,000 posts/s, each pushed to 49 others: 245,000 deliveries/s."""
     profile = write_profile(
-        "messaging: {rooms: 2, rooms_per_user: 1, post_rate: 5, dm_rate: 0, read_rate: 0, reconnect_rate: 0}\n"
+        "messaging: {rooms: 1, rooms_per_user: 1, post_rate: 100, dm_rate: 0, read_rate: 0, reconnect_rate: 0}\n"
     )
-    run = locust_run("messaging.py", "--profile", profile, "-u", "100", "-r", "100", "-t", "5s", "--drain", "1")
-    assert "users ask for about 500 operations/s and 24,500 room deliveries/s" in run.output, run
-    assert "--processes 2" in run.output, run
+    run = locust_run("messaging.py", "--profile", profile, "-u", "50", "-r", "50", "-t", "4s", "--drain", "1")
+    assert "users ask for about 5,000 operations/s and 245,000 room deliveries/s: 1.8 cores" in run.output, run
+    assert "--processes 3" in run.output, run
 
 
 @pytest.mark.parametrize(
