@@ -228,6 +228,8 @@ class RunContext:
         if self.is_master and self.options is not None:
             self.options.loadgen_run_id = self.run_id
         self.users: set = set()
+        #: users between opening a connection and having caught up on what they missed
+        self.opening = 0
         self.close_codes: Counter[int] = Counter()
         self.loop_lag_seconds = 0.0
         self.connections: Counter[str] = Counter()
@@ -754,6 +756,12 @@ class RunContext:
         self.draining = True
         started = time.monotonic()
         log.info("Draining: no new messages; letting in-flight ones land for up to %g s", seconds)
+        # A user half-way through (re)connecting would see its login or catch-up cut by the
+        # logout below: a failure of our own making, and what it missed while away never fetched.
+        # New ones do not start while draining; the ones under way get to finish.
+        waited_until = time.monotonic() + self.request_timeout
+        while self.opening and time.monotonic() < waited_until:
+            gevent.sleep(0.05)
         sessions = [s for s in self.sessions if s.alive and not s.logged_out]
         jobs = [gevent.spawn(_quiet_logout, s) for s in sessions]
         gevent.joinall(jobs, timeout=self.request_timeout)

@@ -172,12 +172,16 @@ class RealtimeUser(User):
             logger=self.log,
         )
         self.session = session
-        session.connect()
-        run.sessions.add(session)
-        session.login(self.user_id, self.token())
-        for room in self.rooms:
-            self.enter(session, room)
-        session.recover()
+        run.opening += 1
+        try:
+            session.connect()
+            run.sessions.add(session)
+            session.login(self.user_id, self.token())
+            for room in self.rooms:
+                self.enter(session, room)
+            session.recover()
+        finally:
+            run.opening -= 1
 
     def reconnect(self, voluntary: bool) -> None:
         """Leave cleanly (or find the connection gone), connect again, catch up from history."""
