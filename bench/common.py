@@ -64,7 +64,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def tree_cpu_seconds(pid: int) -> float:
-    """CPU time of a process and its living descendants (a Node or Erlang peer starts helpers)."""
+    """CPU time of a process and its living descendants (a Node or Erlang peer runs child processes)."""
     total = 0.0
     for candidate in [pid, *descendants(pid)]:
         try:
