@@ -20,8 +20,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 SERVER_CORE = 0
@@ -31,7 +29,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 #: ~200 bytes of JSON, written so that its echo is its own acknowledgement in the reference
 #: protocol (``ev: ack`` and ``re`` equal to ``id``): a bare echo server answers our client's
 #: request exactly as the reference backend's ``echo`` operation does.
-MESSAGE = orjson.dumps({"op": "echo", "id": 1, "ev": "ack", "re": 1, "ts": 1764000000.123456, "body": "x" * 128})
+MESSAGE = json.dumps(
+    {"op": "echo", "id": 1, "ev": "ack", "re": 1, "ts": 1764000000.123456, "body": "x" * 128}, separators=(",", ":")
+).encode()
 
 
 class Missing(RuntimeError):

@@ -45,11 +45,11 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 def ensure_python_packages() -> None:
     try:
-        common.require_modules("picows", "uvloop", "websocket", "locust", "hdrh")
+        common.require_modules("loadgen", "picows", "uvloop", "websocket", "locust", "hdrh")
     except common.Missing:
         print("installing the bench extra: pip install -e '.[bench]'", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", ".[bench]"], cwd=common.ROOT, check=True)
-        common.require_modules("picows", "uvloop", "websocket", "locust", "hdrh")
+        common.require_modules("loadgen", "picows", "uvloop", "websocket", "locust", "hdrh")
 
 
 def median_row(rows: list[dict]) -> dict:
