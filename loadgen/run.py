@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 import uuid
@@ -51,6 +52,9 @@ INVARIANT = "INV"
 
 EXIT_UNREACHABLE = 3
 EXIT_USAGE = 2
+# an interrupted run exits as a shell reports the signal that stopped it: 128 + its number
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 #: (flag, argparse keywords) of every option the toolkit adds to locust
@@ -215,6 +219,7 @@ class RunContext:
         self.drained = False
         self.finished = False
         self.interrupted = False
+        self.terminated = False
         self.started_wall: float | None = None
         self.started_mono: float | None = None
         self.stopped_mono: float | None = None
@@ -278,6 +283,8 @@ class RunContext:
             self._target_backend()
             self._connect_grafana()
         self._serve_metrics()
+        # beside Locust's own handler, which quits the same way as on Ctrl-C: only the exit code differs
+        gevent.signal_handler(signal.SIGTERM, self._on_sigterm)
         events.test_start.add_listener(self._on_test_start)
         events.spawning_complete.add_listener(self._on_spawning_complete)
         events.test_stopping.add_listener(self._on_test_stopping)
@@ -290,6 +297,9 @@ class RunContext:
             # users pick their rooms as they start: judge the load once they have
             self._greenlets.append(gevent.spawn_later(PLANNING_DELAY_S, planning.warn_if_overloaded,
                                                       list(self.users), self.driver_can))  # fmt: skip
+
+    def _on_sigterm(self) -> None:
+        self.terminated = True
 
     def _connect_grafana(self) -> None:
         url = getattr(self.options, "grafana_url", None)
@@ -807,7 +817,8 @@ class RunContext:
             self.interrupted = True
             self.drain(min(self.drain_seconds, 2.0))
             self.finish()
-        if self.final_exit_code is not None and (self.slo is not None or self.final_exit_code == EXIT_UNREACHABLE):
+        decided_here = (EXIT_UNREACHABLE, EXIT_INTERRUPTED, EXIT_TERMINATED)
+        if self.final_exit_code is not None and (self.slo is not None or self.final_exit_code in decided_here):
             environment.process_exit_code = self.final_exit_code
 
     def _linger(self) -> None:
@@ -829,6 +840,8 @@ class RunContext:
         """Our verdict where Locust's own convention does not decide."""
         if self.connections["opened"] == 0 and self.connect_errors:
             return EXIT_UNREACHABLE
+        if self.interrupted:
+            return EXIT_TERMINATED if self.terminated else EXIT_INTERRUPTED
         return None
 
     def _locust_exit_code(self) -> int:
@@ -852,12 +865,14 @@ class RunContext:
         data = summary_module.build(self, 0, unreachable=unreachable)
         if unreachable is not None:
             exit_code = EXIT_UNREACHABLE
-        elif exit_code is None and self.slo is not None:
+        elif exit_code != EXIT_UNREACHABLE and self.slo is not None:
+            # an interrupted run still gets its checks judged, on what it got to; the exit code says interrupted
             self.slo_results = slo_module.evaluate(self.slo, data)
             data["slo"] = slo_module.slo_block(self.slo, self.slo_results)
             data["slo"]["partial"] = "partial" in data
-            exit_code = slo_module.exit_code(self.slo_results)
-        elif exit_code is None:
+            if exit_code is None:
+                exit_code = slo_module.exit_code(self.slo_results)
+        if exit_code is None:
             exit_code = self._locust_exit_code()
         data["exit_code"] = self.final_exit_code = exit_code
         self.annotate("run", f"{self.scenario} run {self.run_id} ended, exit code {exit_code}", wait=True)

@@ -195,7 +195,7 @@ def test_options_work_from_a_config_file(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_mid_run_still_writes_results(tmp_path, sig):
-    """SIGTERM or Ctrl-C during a run drains briefly, writes the summary marked interrupted, and exits."""
+    """SIGTERM or Ctrl-C during a run drains briefly, writes the summary marked interrupted, and exits saying so."""
     summary = tmp_path / "s.json"
     metrics_port = free_port()
     locustfile = str(ROOT / "locustfiles" / "messaging.py")
@@ -237,6 +237,8 @@ def test_signal_mid_run_still_writes_results(tmp_path, sig):
     assert summary.exists(), output
     data = json.loads(summary.read_text())
     assert data["interrupted"] is True
+    # as a shell reports the signal: 130 for Ctrl-C, 143 for SIGTERM
+    assert process.returncode == data["exit_code"] == 128 + sig, output[-3000:]
     assert 'loadgen_messages_total{outcome="delivered",scenario="messaging"}' in scraped
     assert data["messages"]["delivered"] > 0
     assert (tmp_path / "r" / "summary.json").exists()
