@@ -52,27 +52,50 @@ def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
         histogram.max_value = micros
 
 
+class CountsSince:
+    """What a cumulative HDR histogram gained since the last look, slot by slot.
+
+    The counts up to the largest recorded value are copied out of hdrh's array (a numpy
+    view, one copy) and subtracted from the last look's; a histogram reset since then gained
+    all it holds. The run's time series and Locust's table both read their intervals here.
+    """
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._counts: numpy.ndarray | None = None
+
+    def take(self, histogram: HdrHistogram) -> numpy.ndarray:
+        total = histogram.get_total_count()
+        if total == self._total:
+            return numpy.zeros(0, dtype=numpy.int64)
+        top = histogram.get_counts_array_index(histogram.get_max_value()) + 1 if total else 0
+        counts = numpy.ctypeslib.as_array(histogram.counts)[:top].astype(numpy.int64)
+        gained = counts.copy()
+        if self._counts is not None:
+            gained[: len(self._counts)] -= self._counts[:top]
+            if total < self._total or (gained < 0).any():
+                # reset since the last look (and maybe refilled past it): all it holds is new
+                gained = counts.copy()
+        self._total, self._counts = total, counts
+        return gained
+
+
 class _HistogramGains:
     """What histograms gained since the last look, by name, as {milliseconds: count}.
 
     Locust's table wants latencies value by value; handing it each one as it is recorded
-    cost a fifth of a delivery's accounting. Once a second, the difference of a histogram's
-    counts with the last look (numpy, over a view of hdrh's array) gives the same samples at
-    the histogram's resolution.
+    cost a fifth of a delivery's accounting. Once a second, the histograms' gains give the
+    same samples at the histogram's resolution.
     """
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[int, numpy.ndarray]] = {}
+        self._since: dict[str, CountsSince] = {}
 
     def take(self, name: str, histogram: HdrHistogram) -> Counter[float]:
-        total = histogram.get_total_count()
-        seen_total, seen_counts = self._seen.get(name, (0, None))
-        if total == seen_total:
-            return Counter()
-        counts = numpy.ctypeslib.as_array(histogram.counts).copy()
-        # a histogram reset since the last look gained all it holds
-        gained = counts if seen_counts is None or total < seen_total else counts - seen_counts
-        self._seen[name] = (total, counts)
+        since = self._since.get(name)
+        if since is None:
+            since = self._since[name] = CountsSince()
+        gained = since.take(histogram)
         batch: Counter[float] = Counter()
         for index in numpy.flatnonzero(gained).tolist():
             lowest = histogram.get_value_from_index(index)

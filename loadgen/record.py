@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import os
 import platform
 import socket
 import sys
 import time
-from bisect import bisect_left
 from datetime import datetime, timezone
 from importlib import metadata
-from itertools import accumulate
 from pathlib import Path
 from typing import IO
 
+import numpy
 import orjson
 from hdrh.histogram import HdrHistogram
+
+from loadgen.accounting import CountsSince
 
 log = logging.getLogger("loadgen.record")
 
@@ -46,32 +46,23 @@ PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
 
 
 class IntervalHistogram:
-    """What a cumulative HDR histogram gained since the last look, as quantiles.
-
-    The counts array is read as a list up to the largest recorded value (one C-level copy);
-    the interval's counts are the element-wise difference with the previous look.
-    """
+    """What a cumulative HDR histogram gained since the last look, as quantiles."""
 
     def __init__(self) -> None:
-        self.previous: list[int] = []
+        self._since = CountsSince()
 
     def take(self, histogram: HdrHistogram) -> dict:
-        total = histogram.get_total_count()
-        top = histogram.get_counts_array_index(histogram.get_max_value()) + 1 if total else 0
-        current = histogram.counts[:top]
-        previous = self.previous + [0] * (top - len(self.previous))
-        gained = list(map(operator.sub, current, previous))
-        self.previous = current
-        count = sum(gained)
+        gained = self._since.take(histogram)
+        count = int(gained.sum())
         stats: dict = {"count": count}
         if count == 0:
             return stats | {name: None for name, _ in PERCENTILES} | {"max": None}
-        cumulative = list(accumulate(gained))
+        cumulative = numpy.cumsum(gained)
         for name, percentile in PERCENTILES:
             # hdrh's rule: the first slot where the running count reaches the percentile's share
             wanted = max(int(percentile * count / 100 + 0.5), 1)
-            stats[name] = _ms(histogram, bisect_left(cumulative, wanted))
-        stats["max"] = _ms(histogram, bisect_left(cumulative, count))
+            stats[name] = _ms(histogram, int(numpy.searchsorted(cumulative, wanted)))
+        stats["max"] = _ms(histogram, int(numpy.searchsorted(cumulative, count)))
         return stats
 
 
