@@ -563,11 +563,11 @@ class RunContext:
 
     def report(self, name: str, seconds: float, error: BaseException | None) -> None:
         """The sessions' reporter: Locust's table and the run's own histograms."""
-        if error is None and name in self.accounting.operations:
+        stats = self.accounting.operations.get(name) if error is None else None
+        if stats is not None:
             # the common case first, in as few steps as it takes: thousands of times a second.
             # Locust's table gets successes from the histograms once a second (flush_to_locust):
             # an event per operation cost a tenth of the generator (bench/)
-            stats = self.accounting.operations[name]
             stats.count += 1
             record_seconds(stats.histogram, seconds)
             if name == "ws.connect":
