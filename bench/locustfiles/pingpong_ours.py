@@ -58,24 +58,15 @@ class EchoUser(User):
             due += interval
 
 
-def _echoes() -> int:
-    return RunContext.of(_environment).accounting.operation(ECHO).count
+def _echo_stats(environment):
+    return RunContext.of(environment).accounting.operation(ECHO)
 
 
-def _reset_latency() -> None:
-    RunContext.of(_environment).accounting.operation(ECHO).histogram.reset()
-
-
-def _latency() -> dict:
-    histogram = RunContext.of(_environment).accounting.operation(ECHO).histogram
+def _latency(environment) -> dict:
+    histogram = _echo_stats(environment).histogram
     return {"rtt_p50_ms": histogram.get_value_at_percentile(50) / 1000,
             "rtt_p99_ms": histogram.get_value_at_percentile(99) / 1000}  # fmt: skip
 
 
-@events.init.add_listener
-def _remember(environment, **_kwargs) -> None:
-    global _environment
-    _environment = environment
-
-
-measure_window(_echoes, _reset_latency, _latency)
+measure_window(lambda environment: _echo_stats(environment).count,
+               lambda environment: _echo_stats(environment).histogram.reset(), _latency)  # fmt: skip

@@ -45,4 +45,4 @@ class WebSocketClientUser(User):
             round_trips += 1
 
 
-measure_window(lambda: round_trips)
+measure_window(lambda environment: round_trips)
