@@ -1,5 +1,18 @@
 # Sourced by scripts that install Debian packages for the tests.
 #
+# install_for COMMAND PKG...: the packages, unless COMMAND is there already; without root, say what
+# to run instead and fail.
+install_for() {
+	local command="$1"
+	shift
+	command -v "$command" >/dev/null 2>&1 && return 0
+	if [ "$(id -u)" != 0 ]; then
+		echo "$command is missing; run as root or: sudo apt-get install --no-install-recommends $*" >&2
+		exit 1
+	fi
+	apt_install "$@"
+}
+
 # apt_install PKG...: install the packages without letting their own services start: a packaged
 # Prosody, Janus or Prometheus would listen on every interface, and the tests start their own
 # on loopback. A policy-rc.d that refuses every start is in place only while apt-get runs,

@@ -16,14 +16,7 @@ port="${JANUS_PORT:-8188}"
 run="${JANUS_RUN:-/tmp/loadgen-janus-$port}"
 pidfile="$run/janus.pid"
 
-install() {
-	command -v janus >/dev/null 2>&1 && return 0
-	if [ "$(id -u)" != 0 ]; then
-		echo "janus is missing; run as root or: sudo apt-get install --no-install-recommends janus" >&2
-		exit 1
-	fi
-	apt_install janus
-}
+install() { install_for janus janus; }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 

@@ -23,14 +23,7 @@ config="$here/prosody.cfg.lua"
 pid_file="$PROSODY_RUN_DIR/launched.pid"
 endpoint="http://127.0.0.1:$PROSODY_HTTP_PORT/xmpp-websocket"
 
-install() {
-	command -v prosody >/dev/null 2>&1 && return 0
-	if [ "$(id -u)" != 0 ]; then
-		echo "prosody.sh: prosody is missing; run as root or: sudo apt-get install prosody lua-unbound" >&2
-		exit 1
-	fi
-	apt_install prosody lua-unbound
-}
+install() { install_for prosody prosody lua-unbound; }
 
 running() { [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
 
