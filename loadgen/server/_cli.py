@@ -12,8 +12,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from ._config import BUG_KINDS, ServerConfig
+from ._config import BUG_KINDS, MALFORMED_KINDS, ServerConfig
+from ._limits import FLOOD_BURSTS
 from ._server import ReferenceServer
+from ._store import StoreError
 
 log = logging.getLogger("loadgen.server")
 
@@ -68,6 +70,26 @@ def _positive(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _malformed_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(kind.strip() for kind in text.split(",") if kind.strip())
+    unknown = [kind for kind in kinds if kind not in MALFORMED_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"expected kinds separated by commas from {', '.join(MALFORMED_KINDS)}, got {text!r}"
+        )
+    return kinds
 
 
 class _AppendBug(argparse.Action):
@@ -141,6 +163,44 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a 1v1 call not answered within SECONDS ends with state timeout (default: %(default)g)",
     )
+    durability = parser.add_argument_group("durability (see docs/protocol.md)")
+    durability.add_argument(
+        "--store",
+        metavar="DIR",
+        help="keep room and inbox history in DIR, so a restart (graceful or killed) keeps what was "
+        "acknowledged; seats, PKs, calls and sessions are not kept (default: in memory only)",
+    )
+    durability.add_argument(
+        "--store-fsync",
+        action="store_true",
+        help="fsync the store after every write, so acknowledged messages also survive a crash of the "
+        "machine (default: fsync on a graceful stop only)",
+    )
+    limits = parser.add_argument_group("limits (per connection; see docs/protocol.md, Limits and security)")
+    limits.add_argument(
+        "--max-frame",
+        type=_positive_count,
+        default=1 << 20,
+        metavar="BYTES",
+        help="largest frame accepted; a larger one closes the connection with 1009 (default: %(default)s)",
+    )
+    limits.add_argument(
+        "--rate-limit",
+        type=_non_negative,
+        default=500.0,
+        metavar="N",
+        help="requests per second a connection may send on average; a request over it is refused with "
+        "rate_limited and not performed; 0 turns the cap off (default: %(default)g)",
+    )
+    limits.add_argument(
+        "--rate-burst",
+        type=_positive_count,
+        default=1000,
+        metavar="N",
+        help="requests a connection may send at once over the rate; after "
+        f"{FLOOD_BURSTS} x N refusals (less what the rate refills meanwhile) it is closed with 1008 "
+        "(default: %(default)s)",
+    )
     faults = parser.add_argument_group("fault injection (message deliveries only; see docs/protocol.md)")
     faults.add_argument(
         "--drop", type=_probability, default=0.0, metavar="P", help="discard each delivery with probability P"
@@ -182,6 +242,30 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="abort each logged-in connection R times per second on average (Poisson), as a lost link would",
     )
     faults.add_argument("--seed", type=int, metavar="N", help="seed the fault dice so a run can be repeated")
+    frames = parser.add_argument_group("frame faults (every frame written to a connection; see docs/protocol.md)")
+    frames.add_argument(
+        "--malformed",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="with probability P per frame, write a broken frame just before it (the frame itself still goes out)",
+    )
+    frames.add_argument(
+        "--malformed-kinds",
+        type=_malformed_kinds,
+        default=MALFORMED_KINDS,
+        metavar="KINDS",
+        help=f"kinds of broken frame, separated by commas, to choose from uniformly: {', '.join(MALFORMED_KINDS)} "
+        "(default: all)",
+    )
+    frames.add_argument(
+        "--close-mid-frame",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="with probability P per frame, write its header and half its payload, then close the TCP "
+        "connection without a close frame",
+    )
     bugs = parser.add_argument_group("bug injection (voice rooms and PKs; see docs/protocol.md)")
     bugs.add_argument(
         "--bug",
@@ -220,6 +304,14 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         seed=args.seed,
         bugs=tuple(args.bug),
         ring_timeout=args.ring_timeout,
+        store=args.store,
+        store_fsync=args.store_fsync,
+        max_frame=args.max_frame,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        malformed=args.malformed,
+        malformed_kinds=args.malformed_kinds,
+        close_mid_frame=args.close_mid_frame,
     )
 
 
@@ -250,7 +342,7 @@ async def _serve(config: ServerConfig) -> int:
     try:
         try:
             await server.start()
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             log.error("cannot start the reference backend: %s", exc)
             return 1
         await stopping.wait()

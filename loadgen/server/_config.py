@@ -9,6 +9,10 @@ from dataclasses import dataclass
 FAULT_KINDS = ("drop", "duplicate", "reorder", "disconnect")
 # Invariants of voice rooms and PKs the backend can break on purpose (``--bug KIND P``).
 BUG_KINDS = ("seat-double-grant", "seat-version-regress", "pk-score-skew")
+# Broken frames the backend can write (``--malformed P``); docs/protocol.md shows each on the wire.
+MALFORMED_KINDS = ("bad_json", "not_object", "unknown_event", "binary", "bad_utf8", "oversized")
+# Faults of the frames written to a connection, as counted in refserver_injected_faults_total.
+FRAME_FAULT_KINDS = (*(f"malformed_{kind}" for kind in MALFORMED_KINDS), "close_mid_frame")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,14 @@ class ServerConfig:
     seed: int | None = None
     bugs: tuple[tuple[str, float], ...] = ()
     ring_timeout: float = 15.0
+    store: str | None = None
+    store_fsync: bool = False
+    max_frame: int = 1 << 20
+    rate_limit: float = 500.0
+    rate_burst: int = 1000
+    malformed: float = 0.0
+    malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
+    close_mid_frame: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -61,6 +73,23 @@ class ServerConfig:
         if not _is_real(self.ring_timeout) or self.ring_timeout <= 0:
             raise ValueError(f"ring_timeout must be a positive number of seconds, got {self.ring_timeout!r}")
         object.__setattr__(self, "bugs", _bugs(self.bugs))
+        if self.store is not None and (not isinstance(self.store, str) or not self.store):
+            raise ValueError(f"store must be a directory path, got {self.store!r}")
+        if not isinstance(self.store_fsync, bool):
+            raise ValueError(f"store_fsync must be a boolean, got {self.store_fsync!r}")
+        if self.store_fsync and self.store is None:
+            raise ValueError("store_fsync needs store (a directory to keep history in)")
+        for name in ("max_frame", "rate_burst"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not _is_real(self.rate_limit) or self.rate_limit < 0.0:
+            raise ValueError(f"rate_limit must be a non-negative number (0 turns it off), got {self.rate_limit!r}")
+        for name in ("malformed", "close_mid_frame"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability between 0 and 1, got {value!r}")
+        object.__setattr__(self, "malformed_kinds", _malformed_kinds(self.malformed_kinds))
 
     def bug(self, kind: str) -> float:
         """The probability of the bug ``kind`` (0 when off)."""
@@ -71,6 +100,16 @@ class ServerConfig:
         """Whether any fault or delay touches message deliveries."""
         return bool(self.drop or self.duplicate or self.reorder or self.delay_ms or self.jitter_ms)
 
+    @property
+    def frame_faults(self) -> bool:
+        """Whether any fault touches the frames written to connections."""
+        return bool(self.malformed or self.close_mid_frame)
+
+    def describe_limits(self) -> str:
+        """The per-connection limits, for the start-up log."""
+        rate = f"rate limit {self.rate_limit:g}/s burst {self.rate_burst}" if self.rate_limit else "no rate limit"
+        return f"{rate}, max frame {self.max_frame} bytes"
+
     def describe_faults(self) -> str:
         """One line naming the faults that are on, for the start-up log."""
         parts = [f"{name}={getattr(self, name):g}" for name in ("drop", "duplicate", "reorder") if getattr(self, name)]
@@ -78,6 +117,10 @@ class ServerConfig:
             parts.append(f"delay={self.delay_ms:g}±{self.jitter_ms:g}ms")
         if self.disconnect_rate:
             parts.append(f"disconnect-rate={self.disconnect_rate:g}/s")
+        if self.malformed:
+            parts.append(f"malformed={self.malformed:g} ({','.join(self.malformed_kinds)})")
+        if self.close_mid_frame:
+            parts.append(f"close-mid-frame={self.close_mid_frame:g}")
         parts.extend(f"bug {kind}={p:g}" for kind, p in self.bugs if p)
         if not parts:
             return "no faults injected"
@@ -105,3 +148,16 @@ def _bugs(value: object) -> tuple[tuple[str, float], ...]:
             raise ValueError(f"bugs: {kind} must have a probability between 0 and 1, got {p!r}")
         chosen[kind] = float(p)
     return tuple((kind, chosen[kind]) for kind in BUG_KINDS if kind in chosen)
+
+
+def _malformed_kinds(value: object) -> tuple[str, ...]:
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValueError(f"malformed_kinds must be a list of kinds, got {value!r}")
+    kinds = set()
+    for kind in value:
+        if kind not in MALFORMED_KINDS:
+            raise ValueError(f"malformed_kinds: unknown kind {kind!r}, expected one of {', '.join(MALFORMED_KINDS)}")
+        kinds.add(kind)
+    if not kinds:
+        raise ValueError("malformed_kinds must name at least one kind")
+    return tuple(kind for kind in MALFORMED_KINDS if kind in kinds)

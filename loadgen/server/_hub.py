@@ -22,13 +22,14 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
 from ._config import ServerConfig
 from ._metrics import INVALID_OP, OPS, ServerStats
+from ._store import INBOX_MESSAGE, ROOM, ROOM_MESSAGE, Record, Store
 
 NAME_MAX = 64
 HISTORY_PAGE_MAX = 500
@@ -104,6 +105,18 @@ class Outbox:
         if later:
             self._timer = self._loop.call_at(later[0][0], self._release)
         self.wake.set()
+
+    def release_delayed(self) -> None:
+        """Make every delayed frame ready now, in order."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        # What is queued from now on need not wait for the due times of what went out early.
+        self._last_due = 0.0
+        if self._later:
+            self.ready.extend(frame for _, frame in self._later)
+            self._later.clear()
+            self.wake.set()
 
     def close(self) -> None:
         """Discard everything queued; the connection is going away."""
@@ -274,6 +287,14 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None
 
 
+def _stream_records(kind: int, name: str, stream: Stream) -> Iterator[Record]:
+    if stream.history:
+        for seq, author, frame in stream.history:
+            yield kind, name, seq, author, frame
+    elif stream.seq:
+        yield kind, name, stream.seq, "", b""
+
+
 class FaultInjector:
     """Rolls the delivery fault dice (drop, duplicate, reorder, delay) for each push."""
 
@@ -399,8 +420,10 @@ class Hub:
         loop: asyncio.AbstractEventLoop,
         stats: ServerStats,
         on_replaced: Callable[[Connection], None],
+        store: Store | None = None,
     ) -> None:
         self._config = config
+        self._store = store
         self._loop = loop
         self._stats = stats
         self._on_replaced = on_replaced
@@ -471,6 +494,36 @@ class Hub:
             if call.timer is not None:
                 call.timer.cancel()
 
+    # Durability (--store)
+
+    def restore(self, kind: int, name: str, seq: int, author: str, frame: bytes) -> None:
+        """Replay one record of the store: a room's seat count, or a message (or head alone) of a stream."""
+        keep = self._config.history
+        if kind == ROOM:
+            if name not in self.rooms:
+                self.rooms[name] = Room(keep, seq)
+            return
+        stream: Stream | None
+        if kind == ROOM_MESSAGE:
+            stream = self.rooms.get(name)
+            if stream is None:
+                stream = self.rooms[name] = Room(keep)
+        else:
+            stream = self.inboxes.get(name)
+            if stream is None:
+                stream = self.inboxes[name] = Stream(keep)
+        stream.seq = seq
+        if frame:
+            stream.history.append((seq, author, frame))
+
+    def records(self) -> Iterator[Record]:
+        """What the store must keep: every room's seat count, and every stream's history or, if empty, its head."""
+        for name, room in self.rooms.items():
+            yield ROOM, name, room.seat_count, "", b""
+            yield from _stream_records(ROOM_MESSAGE, name, room)
+        for user, inbox in self.inboxes.items():
+            yield from _stream_records(INBOX_MESSAGE, user, inbox)
+
     def active_rooms(self) -> int:
         return sum(1 for room in list(self.rooms.values()) if room.members)
 
@@ -521,7 +574,23 @@ class Hub:
         except RequestError as exc:
             self._error(conn, rid, exc.code, exc.message)
             return
+        if self._store is not None:
+            # Written before the ack (and the request's pushes) can leave: what was acknowledged survives a kill.
+            self._store.flush()
         conn.outbox.put(_encode({"ev": "ack", "re": rid, **result}))
+
+    def refuse(self, conn: Connection, raw: str | bytes, code: str, message: str) -> None:
+        """Answer a frame with the error ``code`` without performing it; counted as a request all the same."""
+        req = None
+        if isinstance(raw, str):
+            try:
+                req = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                pass
+        op = req.get("op") if isinstance(req, dict) else None
+        self._stats.requests[op if isinstance(op, str) and op in self._ops else INVALID_OP] += 1
+        rid = req.get("id") if isinstance(req, dict) else None
+        self._error(conn, rid if isinstance(rid, int) and not isinstance(rid, bool) else None, code, message)
 
     def _error(self, conn: Connection, rid: int | None, code: str, message: str) -> None:
         self._stats.errors[code] += 1
@@ -563,6 +632,9 @@ class Hub:
         if previous is not None:
             self.end_session(previous)
             self._on_replaced(previous)
+        # Deliveries still delayed from an earlier session of this connection (login, logout,
+        # login) go out before this ack, so nothing after it belongs to another user.
+        conn.outbox.release_delayed()
         conn.user = user
         self.sessions[user] = conn
         return {"user": user, "inbox_head": self._inbox_head(user), "server_time": _now()}
@@ -585,6 +657,8 @@ class Hub:
             raise RequestError("host_taken", f"Room {name!r} already has a host.")
         if room is None:
             room = self.rooms[name] = Room(self._config.history, seats)
+            if self._store is not None:
+                self._store.append(ROOM, name, seats)
         head = conn.rooms.get(name)
         if head is None:
             head = conn.rooms[name] = room.seq
@@ -643,6 +717,8 @@ class Hub:
             }
         )
         room.history.append((seq, author, frame))
+        if self._store is not None:
+            self._store.append(ROOM_MESSAGE, name, seq, author, frame)
         self._stats.messages["room"] += 1
         self._stats.deliveries["room"] += len(room.members) - 1
         if self._faults is None:
@@ -683,6 +759,8 @@ class Hub:
             }
         )
         inbox.history.append((seq, author, frame))
+        if self._store is not None:
+            self._store.append(INBOX_MESSAGE, to, seq, author, frame)
         self._stats.messages["dm"] += 1
         target = self.sessions.get(to)
         if target is not None:
@@ -1004,6 +1082,7 @@ class Hub:
         if not 0 <= value <= GIFT_VALUE_MAX:
             raise RequestError("bad_request", f"The field 'value' must be between 0 and {GIFT_VALUE_MAX}.")
         room = self._member_room(conn, name)
+        self._check_body(gift, "gift")
         frame = _encode(
             {
                 "ev": "gift",
@@ -1050,6 +1129,11 @@ class Hub:
         assert user is not None
         if user != room.host and user not in room.seated:
             raise RequestError("forbidden", "Only the host or a seated user may change the settings.")
+        # Kept in the room and sent with every join ack and settings event, so bounded like a body.
+        if effect is not None:
+            self._check_body(effect, "effect")
+        if bgm is not None:
+            self._check_body(bgm["track"], "track")
         if effect is not None:
             room.effects[user] = effect
         if bgm is not None:

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, MetricsHandler
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._config import BUG_KINDS, FAULT_KINDS
+from ._config import BUG_KINDS, FAULT_KINDS, FRAME_FAULT_KINDS
 
 OPS = (
     "login",
@@ -76,12 +76,16 @@ ERROR_CODES = (
     "busy",
     "offline",
     "no_call",
+    "rate_limited",
 )
 MESSAGE_KINDS = ("room", "dm")
 SEAT_CHANGE_KINDS = ("take", "leave", "lock", "unlock", "mute", "unmute", "kick", "accept", "cohost")
 # How each call attempt ended up: answered, refused, unanswered, called off while ringing
 # (hangup or a party gone), or never started because a party was busy.
 CALL_OUTCOMES = ("connected", "rejected", "timeout", "cancelled", "busy")
+# Why the backend closed a connection that broke a limit: a flood past the rate cap (1008),
+# a frame over --max-frame (1009).
+LIMIT_CLOSE_REASONS = ("flood", "too_big")
 
 
 class ServerStats:
@@ -92,7 +96,19 @@ class ServerStats:
     collector reads them at scrape time instead.
     """
 
-    __slots__ = ("requests", "errors", "messages", "deliveries", "faults", "bugs", "seat_changes", "gifts", "calls")
+    __slots__ = (
+        "requests",
+        "errors",
+        "messages",
+        "deliveries",
+        "faults",
+        "bugs",
+        "seat_changes",
+        "gifts",
+        "calls",
+        "frame_faults",
+        "limit_closes",
+    )
 
     def __init__(self) -> None:
         self.requests = dict.fromkeys((*OPS, INVALID_OP), 0)
@@ -106,6 +122,9 @@ class ServerStats:
         self.seat_changes = dict.fromkeys(SEAT_CHANGE_KINDS, 0)
         self.gifts = 0
         self.calls = dict.fromkeys(CALL_OUTCOMES, 0)
+        # Also exposed as refserver_injected_faults_total: faults of frames rather than of deliveries.
+        self.frame_faults = dict.fromkeys(FRAME_FAULT_KINDS, 0)
+        self.limit_closes = dict.fromkeys(LIMIT_CLOSE_REASONS, 0)
 
 
 class Gauges:
@@ -182,7 +201,13 @@ class ServerCollector(Collector):
             "refserver_injected_faults",
             "Faults and bugs injected on purpose, by kind.",
             "kind",
-            {**stats.faults, **stats.bugs},
+            {**stats.faults, **stats.bugs, **stats.frame_faults},
+        )
+        yield _counter(
+            "refserver_limit_closes",
+            "Connections closed for breaking a limit, by reason: flood (1008) or too_big (1009).",
+            "reason",
+            stats.limit_closes,
         )
         yield _counter(
             "refserver_seat_changes",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
 import subprocess
 import sys
 
@@ -10,8 +12,10 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 import loadgen.server
+from loadgen.embedded import BackendStartError, EmbeddedBackend
 from loadgen.server import ReferenceServer, ServerConfig
 
 
@@ -116,3 +120,72 @@ def test_embedded_server_counts_injected_bugs_apart_from_delivery_faults(timeout
     assert server.injected_bugs == {"seat-double-grant": 0, "seat-version-regress": 1, "pk-score-skew": 0}
     assert server.injected == {"drop": 0, "duplicate": 0, "reorder": 0, "disconnect": 0}
     assert registry.get_sample_value("refserver_injected_faults_total", {"kind": "seat-version-regress"}) == 1
+
+
+@pytest.mark.parametrize("hard", [True, False], ids=["SIGKILL", "SIGTERM"])
+def test_embedded_backend_restart_keeps_its_port_and_its_history(connect_to, caplog, timeout, hard):
+    """EmbeddedBackend.restart comes back on its port with every acknowledged message and logs how long it was away."""
+    backend = EmbeddedBackend()
+    try:
+        url = backend.start()
+        port, pid = backend.port, backend.process.pid
+        c = connect_to(url).enter("s", "r")
+        for i in range(1, 11):
+            c.post("r", body=f"m{i}", cseq=i)
+        with caplog.at_level(logging.INFO, logger="loadgen.embedded"):
+            backend.restart(hard=hard)
+        assert (backend.url, backend.port) == (url, port) and backend.process.pid != pid
+        with pytest.raises(ConnectionClosed) as closed:
+            c.frame(timeout)
+        # Killed, it sends no close frame; stopped, it says it is restarting.
+        assert (closed.value.rcvd is None) if hard else (closed.value.rcvd.code == 1012)
+        again = connect_to(url).enter("m", "r")
+        reply = again.ok("history", room="r", since=0)
+        assert (reply["head"], [m["body"] for m in reply["messages"]]) == (10, [f"m{i}" for i in range(1, 11)])
+        assert again.post("r", cseq=11)["seq"] == 11
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Restarted the reference backend")]
+        assert len(lines) == 1
+        signal_name = "SIGKILL" if hard else "SIGTERM"
+        assert lines[0].startswith(f"Restarted the reference backend ({signal_name}) on port {port}: away ")
+    finally:
+        backend.close()
+
+
+def test_embedded_backend_restart_that_cannot_start_raises_with_the_log_tail(connect_to):
+    """A restart whose backend refuses its store raises BackendStartError carrying the backend's own error."""
+    backend = EmbeddedBackend()
+    try:
+        connect_to(backend.start()).enter("s", "r").post("r")
+        path = backend.store / "history.store"
+        magic = path.read_bytes().split(b"\n", 1)[0] + b"\n"
+        damaged = path.with_suffix(".damaged")
+        # A record failing its checksum with bytes after it; renamed in, so the running backend keeps its own file.
+        damaged.write_bytes(magic + struct.pack("<II", 4, 0) + b"abcd" + b"more")
+        damaged.replace(path)
+        with pytest.raises(BackendStartError, match="damaged record at byte"):
+            backend.restart(hard=True)
+    finally:
+        backend.close()
+
+
+def test_embedded_backend_restart_lets_other_greenlets_run(timeout):
+    """Under gevent's monkey-patching a restart in one greenlet leaves the others running while it waits."""
+    probe = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import gevent, time\n"
+        "from loadgen.embedded import EmbeddedBackend\n"
+        "backend = EmbeddedBackend(); backend.start()\n"
+        "ticks = []\n"
+        "def tick():\n"
+        "    while True:\n"
+        "        ticks.append(1); time.sleep(0.01)\n"
+        "ticker = gevent.spawn(tick); gevent.sleep(0)\n"
+        "before = len(ticks)\n"
+        "gevent.spawn(backend.restart, True).get()\n"
+        "during = len(ticks) - before\n"
+        "ticker.kill(); backend.close()\n"
+        "print(during)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=12 * timeout)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) > 1
