@@ -8,7 +8,8 @@ Parts: ping-pong (round trips per client core at 100 and 1,000 connections), fid
 (CPU per message and added latency at a fixed moderate rate), fan-out receive
 (deliveries accounted per core in rooms of 10, 100 and 1,000), idle (memory per held
 connection at 5,000 and 20,000), connect rate (new connections per second per core) and
-the reference backend's own fan-out capacity. The server runs on core 0, every client on
+the reference backend's own fan-out capacity; only when named (``--parts soak``), a compressed
+soak of the generator's memory (bench/soak.py). The server runs on core 0, every client on
 core 1; each figure divides work by the client's own CPU-seconds, and rounds interleave
 the clients so machine noise hits all of them alike: compare ratios, not absolute rates.
 
@@ -35,6 +36,8 @@ from pathlib import Path
 import common
 
 PARTS = ("pingpong", "fidelity", "fanout", "idle", "connect", "capacity")
+#: parts run only when named: the soak takes minutes of its own (python bench/suite.py --parts soak)
+OPT_IN_PARTS = ("soak",)
 PEERS = ("tsung", "artillery")
 FIDELITY_CONNECTIONS = 100
 FIDELITY_RATE = 20.0  # per connection: 2,000 round trips a second in all
@@ -124,7 +127,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default all)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS + OPT_IN_PARTS, default=list(PARTS),
+                        help="parts to run (default all but soak)")  # fmt: skip
     parser.add_argument(
         "--peers",
         nargs="*",
@@ -141,9 +145,12 @@ def main() -> int:
     parser.add_argument("--idle", nargs="+", type=int, default=[5000, 20000], help="idle connection counts")
     parser.add_argument("--quick", action="store_true", help="one round of 3 s windows, 1,000 idle connections")
     parser.add_argument("--no-write", action="store_true", help="print only: leave docs/performance.* alone")
+    parser.add_argument("--soak-messages", type=int, default=1_000_000,
+                        help="deliveries the soak part runs for (default 1,000,000; 200,000 with --quick)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.fidelity_rounds, args.seconds, args.warmup, args.idle = 1, 1, 3.0, 1.5, [1000]
+        args.soak_messages = min(args.soak_messages, 200_000)
     started = time.monotonic()
     ensure_python_packages()
     common.raise_open_files_limit()
@@ -176,9 +183,18 @@ def main() -> int:
             import capacity
 
             rows += [{"part": "capacity", **row} for row in capacity.capacity([10, 100], args.seconds, workdir)]
+        if "soak" in args.parts:
+            import soak
+
+            rows += [{"part": "soak", **row} for row in soak.soak(args.soak_messages, workdir)]
     import report
 
     text = report.render(rows, missing)
+    soak_rows = [row for row in rows if row["part"] == "soak"]
+    if soak_rows:
+        import soak
+
+        text += "\n\n" + soak.render(soak_rows)
     print(text)
     elapsed = time.monotonic() - started
     print(f"suite took {elapsed / 60:.1f} min")

@@ -215,6 +215,7 @@ QUERIES: dict[str, dict[str, str]] = {
         "rss": gauge("loadgen_process_resident_memory_bytes", by="instance", agg="max", run=PROCESSES),
         "loop_lag": gauge("loadgen_event_loop_lag_seconds", by="instance", agg="max", run=PROCESSES),
         "loop_lag_max": gauge("loadgen_event_loop_lag_seconds", agg="max", run=PROCESSES),
+        "suspect": gauge("loadgen_generator_suspect", agg="max", run=PROCESSES),
         "open_connections": gauge("loadgen_open_connections", by="instance"),
         "users": gauge("loadgen_users", by="instance"),
         "sent_rate": rate(MESSAGES, 'outcome="sent"', by="instance"),
@@ -535,6 +536,14 @@ def generator_panels() -> list[dict[str, Any]]:
         stat("Worker processes", ("workers", "workers")),
         stat("Busiest CPU", ("cpu_max", "cpu"), unit="percent", threshold=TARGETS["generator_cpu_percent"]),
         stat("Worst event loop lag", ("loop_lag_max", "lag"), unit="s", threshold=TARGETS["event_loop_lag_seconds"]),
+        stat(
+            "Run validity",
+            ("suspect", "suspect"),
+            threshold=1,
+            mappings=[{"type": "value", "options": {"0": {"text": "valid"}, "1": {"text": "SUSPECT"}}}],
+            description="The validity guard (docs/validity.md): SUSPECT once a generator process stayed over a "
+            "threshold (CPU, event loop lag, schedule lag, ready callbacks); its latencies include its own delay.",
+        ),
         timeseries(
             "CPU per process",
             ("cpu", "{{instance}}"),

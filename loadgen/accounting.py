@@ -28,6 +28,13 @@ from loadgen.drivers.base import Delivery, parent_stream
 #: Histograms hold microseconds from 1 µs to one hour at three significant digits.
 HIGHEST_TRACKABLE_US = 3_600_000_000
 SIGNIFICANT_DIGITS = 3
+#: a stream that jumps further than this at once broke its sequence: one hole per number
+#: would cost the generator its memory (a backend sending seq 10^12 must not hang it)
+MAX_SEQUENCE_GAP = 100_000
+
+
+class ImplausibleSequence(ValueError):
+    """The backend's sequence jumped too far to be missing messages; nothing was accounted."""
 
 
 def new_histogram() -> HdrHistogram:
@@ -165,7 +172,7 @@ class _Track:
     ``seen_max``, so a late message filling one is not out of order.
     """
 
-    __slots__ = ("top", "seen_max", "holes", "lost", "open")
+    __slots__ = ("top", "seen_max", "holes", "lost", "open", "cut")
 
     def __init__(self, head: int) -> None:
         self.top = head
@@ -173,6 +180,8 @@ class _Track:
         self.holes: dict[int, float] = {}
         self.lost: set[int] = set()
         self.open = True
+        #: the window ended with the connection, not by leaving: the receiver still counts as a member
+        self.cut = False
 
 
 class Accounting:
@@ -296,6 +305,8 @@ class Accounting:
         """Sequences first..last (inclusive) were meant for this receiver and are not here yet."""
         if first > last:
             return
+        if last - first >= MAX_SEQUENCE_GAP:
+            raise ImplausibleSequence(f"the sequence jumped from {first - 1} to {last + 1}")
         now = self.monotonic()
         holes = track.holes
         for seq in range(first, last + 1):
@@ -324,9 +335,16 @@ class Receiver:
         if track is None:
             self.tracks[stream] = _Track(head)
             return
-        # sequences between the last window and this one were never ours
-        track.top = max(track.top, head)
-        track.seen_max = max(track.seen_max, head)
+        if track.cut:
+            # back after a lost connection: what the stream got meanwhile was ours, and history
+            # owes it to us (roaming); what history does not give back is lost by the usual rule
+            self.accounting._noticed(track, track.top + 1, head)
+            track.top = max(track.top, head)
+            track.cut = False
+        else:
+            # after leaving: sequences between the last window and this one were never ours
+            track.top = max(track.top, head)
+            track.seen_max = max(track.seen_max, head)
         track.open = True
 
     def close_window(self, stream: str, head: int | None) -> None:
@@ -340,6 +358,7 @@ class Receiver:
             self.accounting._noticed(track, track.top + 1, head)
             track.top = head
         track.open = False
+        track.cut = head is None
 
     def _sender_streams(self, stream: str) -> list[str]:
         return self._senders.get(stream, [])
@@ -452,7 +471,10 @@ class Receiver:
                 recovered += 1
             elif seq > track.top and parent_stream(delivery.stream) != delivery.stream:
                 # a sender stream's history: sent while we were away; what history skips is missing
-                self.accounting._noticed(track, track.top + 1, seq - 1)
+                try:
+                    self.accounting._noticed(track, track.top + 1, seq - 1)
+                except ImplausibleSequence:
+                    continue  # an entry that far ahead is the history's error, not ours to wait for
                 track.top = track.seen_max = seq
                 recovered += 1
         counts.recovered += recovered

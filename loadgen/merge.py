@@ -14,6 +14,7 @@ from dataclasses import asdict, fields
 
 from hdrh.histogram import HdrHistogram
 
+from loadgen import network
 from loadgen.accounting import Accounting, MessageCounts, OperationStats
 
 REPORT = "loadgen_report"
@@ -58,9 +59,14 @@ def snapshot(context, final: bool) -> dict:
         "close_codes": {str(code): n for code, n in context.close_codes.items()},
         "receipts": context.receipts,
         "malformed": context.malformed,
+        "protocol_errors": dict(context.protocol_errors),
+        "reconnects": context.reconnects.snapshot(),
+        "network": None if (emulated := network.for_run(context)) is None else emulated.snapshot(),
         "loop_lag": context.loop_lag_seconds,
         "cpu_max_percent": context.cpu_max_percent,
         "rss_max_bytes": context.rss_max_bytes,
+        "guard": context.guard.guard.state(),
+        "soak": context.soak.report(),
         "clock": {"tag": clock.tag, "offset": clock.offset, "uncertainty": clock.uncertainty, "syncs": clock.syncs},
     }
 
@@ -74,6 +80,7 @@ def merge_into(context, reports: dict[str, dict]) -> None:
     connect_errors: Counter[str] = Counter()
     close_codes: Counter[int] = Counter()
     receipts = malformed = 0
+    protocol_errors: Counter[str] = Counter()
     for report in reports.values():
         for name, value in report["counts"].items():
             counts[name] += value
@@ -92,6 +99,7 @@ def merge_into(context, reports: dict[str, dict]) -> None:
         close_codes.update({int(code): n for code, n in report["close_codes"].items()})
         receipts += report["receipts"]
         malformed += report["malformed"]
+        protocol_errors.update(report.get("protocol_errors", {}))
     accounting.counts = MessageCounts(**counts)
     context.accounting = accounting
     context.violations = Counter(key.split("\x1f", 1)[0] for key in violations)
@@ -100,10 +108,14 @@ def merge_into(context, reports: dict[str, dict]) -> None:
     context.close_codes = close_codes
     context.receipts = receipts
     context.malformed = malformed
+    context.protocol_errors = protocol_errors
     context.workers_reported = len(reports)
     context.worker_clocks = clocks(reports)
     context.worker_cpu_max_percent = max((r["cpu_max_percent"] for r in reports.values()), default=0.0)
     context.worker_rss_max_bytes = max((r["rss_max_bytes"] for r in reports.values()), default=0)
+    # each worker's guard and RSS trend stay apart: a suspect worker or a leaking one is named
+    context.guard.adopt({worker_name(r, node): r["guard"] for node, r in reports.items()})
+    context.soak.workers = {worker_name(r, node): r["soak"] for node, r in reports.items()}
 
 
 def worker_name(report: dict, node: str) -> str:

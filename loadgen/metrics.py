@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
 from bisect import bisect_right
 from collections.abc import Iterator
 
@@ -19,6 +20,8 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from loadgen.drivers.base import PROTOCOL_ERROR_KINDS
 
 log = logging.getLogger("loadgen.metrics")
 
@@ -70,6 +73,12 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "loadgen_connections_opened": ("counter", "WebSocket connections opened.", ("scenario",)),
     "loadgen_connections_dropped": ("counter", "Connections the backend or the network cut.", ("scenario",)),
     "loadgen_reconnects": ("counter", "Reconnections after a dropped connection.", ("scenario",)),
+    "loadgen_protocol_errors": (
+        "counter",
+        "Frames and connections on which the backend broke its protocol, by kind (docs/faults.md): "
+        f"{', '.join(PROTOCOL_ERROR_KINDS)}.",
+        ("scenario", "kind"),
+    ),
     "loadgen_close_codes": (
         "counter",
         "Connections closed, by WebSocket close code (1006: closed without a close frame).",
@@ -93,6 +102,27 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "loadgen_event_loop_lag_seconds": (
         "gauge",
         "How late gevent's hub last woke a one-second timer; a CPU-starved generator shows here first.",
+        ("scenario",),
+    ),
+    "loadgen_process_cpu_seconds": (
+        "counter",
+        "CPU time this generator process has used, user and system; rate() gives the cores it keeps busy.",
+        ("scenario",),
+    ),
+    "loadgen_schedule_lag_seconds": (
+        "gauge",
+        "Median lag behind their schedule of the posts this process sent in the guard's last one-second sample.",
+        ("scenario",),
+    ),
+    "loadgen_event_loop_ready_callbacks": (
+        "gauge",
+        "Callbacks ready to run in gevent's hub at the guard's last sample: the generator's own backlog.",
+        ("scenario",),
+    ),
+    "loadgen_generator_suspect": (
+        "gauge",
+        "1 once the validity guard has marked the run suspect (this process, or on a master any process), "
+        "else 0 (docs/validity.md).",
         ("scenario",),
     ),
     "loadgen_clock_offset_seconds": (
@@ -232,6 +262,12 @@ class RunCollector(Collector):
         yield self._single("loadgen_connections_opened", connections["opened"])
         yield self._single("loadgen_connections_dropped", connections["dropped"])
         yield self._single("loadgen_reconnects", connections["reconnects"])
+        protocol_errors = self._family("loadgen_protocol_errors")
+        seen = getattr(context, "protocol_errors", {})
+        # every kind, seen or not: a rate() over a series that appears mid-run misses its first increase
+        for kind in PROTOCOL_ERROR_KINDS:
+            protocol_errors.add_metric([scenario, kind], seen.get(kind, 0))
+        yield protocol_errors
         close_codes = self._family("loadgen_close_codes")
         for code, count in sorted(getattr(context, "close_codes", {}).items()):
             close_codes.add_metric([scenario, str(code)], count)
@@ -249,6 +285,16 @@ class RunCollector(Collector):
             "loadgen_process_resident_memory_bytes", 0 if runner is None else runner.current_memory_usage
         )
         yield self._single("loadgen_event_loop_lag_seconds", getattr(context, "loop_lag_seconds", 0.0))
+        times = os.times()
+        yield self._single("loadgen_process_cpu_seconds", times.user + times.system)
+        guard = getattr(context, "guard", None)
+        if guard is not None:
+            lag, ready = guard.last.get("schedule_lag"), guard.last.get("queue")
+            if lag is not None:
+                yield self._single("loadgen_schedule_lag_seconds", lag / 1000)
+            if ready is not None:
+                yield self._single("loadgen_event_loop_ready_callbacks", ready)
+            yield self._single("loadgen_generator_suspect", 1 if guard.suspect else 0)
         clock = getattr(context, "clock", None)
         if clock is not None and clock.estimate is not None:
             yield self._single("loadgen_clock_offset_seconds", clock.offset)

@@ -138,6 +138,96 @@ class ShapeProfile:
     wave_duration: float = knob(60.0, "soak: seconds a wave keeps the users away", 1)
 
 
+@dataclass(frozen=True)
+class ReconnectStorm:
+    """Every chosen connection lost at one moment, as a backend restart or a network outage does."""
+
+    at: float = knob(10.0, "seconds after the test starts", 0)
+    share: float = knob(1.0, "share of connected users whose connection is cut (drop only)", 0, 1)
+    cause: str = knob("drop", "drop (the clients lose their connections), restart or hard_restart (of the embedded "
+                              "reference backend: graceful, or killed)")  # fmt: skip
+
+
+STORM_CAUSES = ("drop", "restart", "hard_restart")
+RECONNECT_POLICIES = ("immediate", "backoff")
+JITTERS = ("full", "equal", "none")
+
+
+@dataclass(frozen=True)
+class ReconnectProfile:
+    """How users come back after losing their connection (docs/reconnects.md), and reconnect storms."""
+
+    policy: str = knob("backoff", "immediate (at once, then every initial_delay) or backoff (exponential)")
+    initial_delay: float = knob(1.0, "seconds before the first try (backoff) or between tries (immediate)", 0, 3600)
+    multiplier: float = knob(2.0, "backoff: each failed try multiplies the delay by this", 1, 100)
+    max_delay: float = knob(30.0, "backoff: the delay never exceeds this many seconds", 0, 3600)
+    jitter: str = knob("full", "backoff: full (uniform 0..delay), equal (delay/2 plus uniform 0..delay/2) or none")
+    storms: tuple[ReconnectStorm, ...] = ()
+
+
+def listed(help: str, under: str, default=()):
+    """A list (or a mapping by name) of sub-sections whose keys docs/profile.md lists under ``under``."""
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, "listed": under})
+    return field(default=default, metadata={"help": help, "listed": under})
+
+
+#: built-in network conditions (their figures: loadgen/network.py, docs/network.md)
+NETWORK_CONDITIONS = ("good", "wifi", "4g", "weak-3g", "elevator", "subway")
+#: regions with a typical round trip to one another (loadgen/network.py, docs/network.md)
+REGIONS = ("us-east", "us-west", "eu-west", "ap-northeast", "ap-southeast", "sa-east")
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A network condition (docs/network.md): what it adds to every frame each way, and how often the link goes."""
+
+    up_latency_ms: float = knob(0.0, "one-way latency added to every frame client → backend, ms", 0, 60000)
+    down_latency_ms: float = knob(0.0, "one-way latency added to every frame backend → client, ms", 0, 60000)
+    up_jitter_ms: float = knob(0.0, "up: each latency varies uniformly by this much either way (not below 0), ms", 0,
+                               60000)  # fmt: skip
+    down_jitter_ms: float = knob(0.0, "down: each latency varies uniformly by this much either way, ms", 0, 60000)
+    up_loss: float = knob(0.0, "up: share of frames TCP must resend; each waits rto_ms longer, and so do the frames "
+                               "behind it", 0, 0.5)  # fmt: skip
+    down_loss: float = knob(0.0, "down: share of frames TCP must resend", 0, 0.5)
+    rto_ms: float = knob(200.0, "retransmission timeout of a lost frame, on top of the added round trip", 200, 60000)
+    up_kbps: float = knob(0.0, "up: bandwidth in kbit/s, a frame waits its serialization time; 0 for no cap", 0)
+    down_kbps: float = knob(0.0, "down: bandwidth in kbit/s; 0 for no cap", 0)
+    offline_every_s: float = knob(0.0, "mean seconds between offline spells (Poisson); 0 for none", 0)
+    offline_min_s: float = knob(10.0, "shortest offline spell, s (spells last uniformly between min and max)", 0, 86400)
+    offline_max_s: float = knob(30.0, "longest offline spell, s", 0, 86400)
+    handover_every_s: float = knob(0.0, "mean seconds between Wi-Fi/cellular handovers (Poisson): the connection "
+                                        "drops and the client reconnects at once; 0 for none", 0)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NetworkShare:
+    """A network condition and the share of users on it."""
+
+    profile: str = knob("good", f"{', '.join(NETWORK_CONDITIONS)}, or a name under network.profiles")
+    share: float = knob(0.0, "share of users on it", 0, 1)
+
+
+@dataclass(frozen=True)
+class RegionShare:
+    """A region users connect from and the share of users there."""
+
+    region: str = knob("us-east", f"{', '.join(REGIONS)}, or a name of your own with rtt_ms")
+    share: float = knob(0.0, "share of users in it", 0, 1)
+    rtt_ms: float = knob(0.0, "round trip added to the region of the backend, ms; 0 takes the typical figure", 0, 60000)
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """Weak networks emulated per user in the client (docs/network.md); users no share covers are on good."""
+
+    mix: tuple[NetworkShare, ...] = listed("network conditions by share of users", "network.mix[]")
+    backend_region: str = knob("us-east", "the region of the backend, which typical round trips are from")
+    regions: tuple[RegionShare, ...] = listed("regions by share of users; the rest is in backend_region",
+                                              "network.regions[]")  # fmt: skip
+    profiles: Mapping[str, LinkProfile] = listed("conditions of your own by name", "network.profiles.NAME", {})
+
+
 #: shape kind -> the knobs it reads; a knob of another kind in the file is an error
 SHAPE_KNOBS: dict[str, tuple[str, ...]] = {
     "ramp": ("kind", "users", "spawn_rate", "duration", "hold"),
@@ -190,7 +280,7 @@ SECTIONS: dict[str, type] = {
 }
 
 #: top-level sections that are not scenarios: read by every run
-COMMON_SECTIONS: dict[str, type] = {"shape": ShapeProfile}
+COMMON_SECTIONS: dict[str, type] = {"shape": ShapeProfile, "reconnect": ReconnectProfile, "network": NetworkProfile}
 
 
 @dataclass(frozen=True)
@@ -202,6 +292,9 @@ class Profile:
     call1v1: CallProfile = field(default_factory=CallProfile)
     #: None without a ``shape:`` section: Locust's -u, -r and -t decide the load
     shape: ShapeProfile | None = None
+    reconnect: ReconnectProfile = field(default_factory=ReconnectProfile)
+    #: None without a ``network:`` section: no condition is emulated and no split is measured
+    network: NetworkProfile | None = None
 
 
 def _line(node: yaml.Node | None) -> int | None:
@@ -243,11 +336,18 @@ def _section(cls: type, node: yaml.Node, path: str, name: str):
             raise ProfileError(path, _line(key_node), f"{name}.{key}", f"unknown key (known: {known})")
         if typing.get_origin(hints[key]) is tuple:
             values[key] = _sequence(typing.get_args(hints[key])[0], value_node, path, f"{name}.{key}")
+        elif typing.get_origin(hints[key]) is Mapping:
+            values[key] = _named(typing.get_args(hints[key])[1], value_node, path, f"{name}.{key}")
         else:
             values[key] = _convert(value_node, hints[key], spec, path, f"{name}.{key}")
     section = cls(**values)
     _check(section, entries, path, name)
     return section
+
+
+def _named(item: type, node: yaml.Node, path: str, key: str) -> dict:
+    entries = _mapping(node, path, key)
+    return {name: _section(item, value, path, f"{key}.{name}") for name, (_, value) in entries.items()}
 
 
 def _sequence(item: type, node: yaml.Node, path: str, key: str) -> tuple:
@@ -265,6 +365,15 @@ def _check(section, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: st
 
     if isinstance(section, Storm) and section.kind not in STORM_KINDS:
         fail("kind", f"must be one of {', '.join(STORM_KINDS)}, got {section.kind!r}")
+    if isinstance(section, ReconnectStorm) and section.cause not in STORM_CAUSES:
+        fail("cause", f"must be one of {', '.join(STORM_CAUSES)}, got {section.cause!r}")
+    if isinstance(section, ReconnectProfile):
+        if section.policy not in RECONNECT_POLICIES:
+            fail("policy", f"must be one of {', '.join(RECONNECT_POLICIES)}, got {section.policy!r}")
+        if section.jitter not in JITTERS:
+            fail("jitter", f"must be one of {', '.join(JITTERS)}, got {section.jitter!r}")
+        if section.max_delay < section.initial_delay:
+            fail("max_delay", f"must be at least initial_delay ({section.initial_delay:g})")
     shares = [f.name for f in dataclasses.fields(section) if f.name.endswith("_share")]
     if len(shares) > 1 and sum(getattr(section, s) for s in shares) > 1 + 1e-9:
         fail(shares[-1], f"the shares {', '.join(shares)} add up to more than 1")
@@ -272,6 +381,45 @@ def _check(section, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: st
         fail("hot_rooms", f"must not exceed rooms ({section.rooms})")
     if isinstance(section, ShapeProfile):
         _check_shape(section, entries, fail)
+    if isinstance(section, LinkProfile) and section.offline_max_s < section.offline_min_s:
+        fail("offline_max_s", f"must be at least offline_min_s ({section.offline_min_s:g})")
+    if isinstance(section, NetworkProfile):
+        _check_network(section, entries, path, name)
+
+
+def _check_network(network: NetworkProfile, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: str,
+                   name: str) -> None:  # fmt: skip
+    """Every condition and region named is known and named once, and each list's shares add up to 1 at most."""
+    if network.profiles:
+        for custom, (key_node, _) in _mapping(entries["profiles"][1], path, f"{name}.profiles").items():
+            if custom in NETWORK_CONDITIONS:
+                raise ProfileError(path, _line(key_node), f"{name}.profiles.{custom}",
+                                   "is the name of a built-in condition: give yours another")  # fmt: skip
+    conditions = (*NETWORK_CONDITIONS, *network.profiles)
+    for key, named in (("mix", "profile"), ("regions", "region")):
+        seen: set[str] = set()
+        total = 0.0
+        for n, item in enumerate(getattr(network, key)):
+            where = f"{name}.{key}[{n}]"
+            node = entries[key][1].value[n]
+            value, blame, problem = getattr(item, named), named, None
+            total += item.share
+            if key == "mix" and value not in conditions:
+                problem = f"must be one of {', '.join(conditions)}, got {value!r}"
+            elif key == "regions" and value not in REGIONS and not item.rtt_ms:
+                problem = f"has no typical round trip (only {', '.join(REGIONS)} have): give its rtt_ms"
+            elif value in seen:
+                problem = f"{value} is listed twice"
+            elif total > 1 + 1e-9:
+                blame, problem = "share", f"the shares of {name}.{key} add up to more than 1"
+            if problem is not None:
+                line = _line(_mapping(node, path, where).get(blame, (None, node))[1])
+                raise ProfileError(path, line, f"{where}.{blame}", problem)
+            seen.add(value)
+    if network.backend_region not in REGIONS and any(not region.rtt_ms for region in network.regions):
+        raise ProfileError(path, _line(entries.get("backend_region", (None, None))[1]), f"{name}.backend_region",
+                           f"must be one of {', '.join(REGIONS)} for typical round trips, or every region needs "
+                           f"its rtt_ms")  # fmt: skip
 
 
 def load_profile(path: str | Path | None) -> Profile:
@@ -300,13 +448,22 @@ def load_profile(path: str | Path | None) -> Profile:
 def reference() -> str:
     """The key tables of docs/profile.md, written from the dataclasses so docs match the code."""
     out = []
-    for name, cls in [*SECTIONS.items(), ("storms[]", Storm), *COMMON_SECTIONS.items()]:
+    sections = [*SECTIONS.items(), ("storms[]", Storm), *COMMON_SECTIONS.items()]
+    sections.append(("reconnect.storms[]", ReconnectStorm))
+    sections += [("network.mix[]", NetworkShare), ("network.regions[]", RegionShare),
+                 ("network.profiles.NAME", LinkProfile)]  # fmt: skip
+    for name, cls in sections:
         # the shared knobs read best after each scenario's own
         fields = sorted(dataclasses.fields(cls), key=lambda f: f.name in SHARED_ROOM_KNOBS)
         out += [f"## `{name}`", "", (cls.__doc__ or "").strip(), "", "| key | default | meaning |", "|---|---|---|"]
         for spec in fields:
+            if "listed" in spec.metadata:
+                out.append(f"| `{spec.name}` | none | {spec.metadata['help']}: each with the keys under "
+                           f"`{spec.metadata['listed']}` |")  # fmt: skip
+                continue
             if spec.name == "storms":
-                out.append("| `storms` | none | a list of storms, each with the keys under `storms[]` |")
+                listed = "reconnect.storms[]" if cls is ReconnectProfile else "storms[]"
+                out.append(f"| `storms` | none | a list of storms, each with the keys under `{listed}` |")
                 continue
             bounds = [f"at least {spec.metadata['min']:g}" if spec.metadata.get("min") is not None else "",
                       f"at most {spec.metadata['max']:g}" if spec.metadata.get("max") is not None else ""]  # fmt: skip

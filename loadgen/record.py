@@ -16,6 +16,7 @@ being averaged into the whole run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ import orjson
 from hdrh.histogram import HdrHistogram
 
 from loadgen.accounting import CountsSince
+from loadgen.redact import args_for_display, url_for_display
 
 log = logging.getLogger("loadgen.record")
 
@@ -128,8 +130,8 @@ class Recorder:
             "run_id": context.run_id,
             "scenario": context.scenario,
             "started": _iso(context.started_wall),
-            "command": list(sys.argv),
-            "host": context.environment.host,
+            "command": args_for_display(sys.argv),
+            "host": url_for_display(context.environment.host),
             "locustfile": getattr(options, "locustfile", None),
             "profile": {"path": profile_path, "text": _read_text(profile_path)},
             "slo": {"path": slo_path, "text": _read_text(slo_path)},
@@ -138,12 +140,16 @@ class Recorder:
             "machine": _machine(),
             "role": "master" if context.is_master else "standalone",
         }
+        target = self.folder
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / RUN_FILE).write_bytes(orjson.dumps(described, option=orjson.OPT_INDENT_2) + b"\n")
-            self._series = open(self.folder / SERIES_FILE, "wb")  # noqa: SIM115  (open for the whole run)
+            target = self.folder / RUN_FILE
+            target.write_bytes(orjson.dumps(described, option=orjson.OPT_INDENT_2) + b"\n")
+            target = self.folder / SERIES_FILE
+            self._series = open(target, "wb")  # noqa: SIM115  (open for the whole run)
         except OSError as exc:
-            log.error("Cannot record the run in %s: %s; only the summary will be written", self.folder, exc.strerror)
+            log.error("Cannot record the run: %s: %s; the run goes on, its other files are tried apart", target,
+                      exc.strerror)  # fmt: skip
             self._series = None
         self._last_tick = time.monotonic()
         # the first line brings the first histograms: a run killed early still has some
@@ -155,20 +161,20 @@ class Recorder:
 
     def tick(self, context, force: bool = False) -> None:
         """Append a line when an interval has passed (or now, with ``force``); rewrite the histograms now and then."""
-        if self._series is None or self._last_tick is None:
+        if self._last_tick is None:
             return
         now = time.monotonic()
         elapsed = now - self._last_tick
         if not force and elapsed < self.interval:
             return
         self._last_tick = now
-        try:
-            self._series.write(orjson.dumps(self._line(context, elapsed)) + b"\n")
-            self._series.flush()
-        except OSError as exc:
-            log.error("Stopped recording the time series: %s", exc.strerror)
-            self._close_series()
-            return
+        if self._series is not None:
+            try:
+                self._series.write(orjson.dumps(self._line(context, elapsed)) + b"\n")
+                self._series.flush()
+            except OSError as exc:
+                self._series_failed(exc)
+        # the histograms are a file of their own: a time series that could not be written stops nothing else
         if force or now - self._last_histograms >= HISTOGRAMS_EVERY:
             self._last_histograms = now
             context.write_histograms()
@@ -180,8 +186,21 @@ class Recorder:
 
     def _close_series(self) -> None:
         if self._series is not None:
-            self._series.close()
+            try:
+                self._series.close()
+            except OSError as exc:
+                self._series_failed(exc)
             self._series = None
+
+    def _series_failed(self, exc: OSError) -> None:
+        """Said once; no more lines are tried, so a disk that stays full is not retried every interval."""
+        log.error("Stopped recording the time series: cannot write %s: %s; the run goes on without it",
+                  self.folder / SERIES_FILE, exc.strerror)  # fmt: skip
+        series, self._series = self._series, None
+        if series is not None:
+            # what its buffer still holds cannot be written either; closing must not raise it again
+            with contextlib.suppress(OSError):
+                series.close()
 
     def _line(self, context, elapsed: float) -> dict:
         accounting = context.accounting
@@ -214,6 +233,8 @@ class Recorder:
             "operations": operations,
             "violations": violations - self._violations,
             "slo_failing": [result.name for result in context.slo_results if not result.passed],
+            # the newest samples behind the soak verdict: each process's RSS, the backend's series
+            "soak": context.soak.latest(),
         }
         self._violations = violations
         if self._stage is not None:

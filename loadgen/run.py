@@ -9,6 +9,7 @@ environments can exist in one process (tests do this).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -26,8 +27,10 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import drivers, grafana, merge, metrics, planning, record
+from loadgen import drivers, grafana, merge, metrics, planning, reconnects, record
+from loadgen import guard as guard_module
 from loadgen import slo as slo_module
+from loadgen import soak as soak_module
 from loadgen import summary as summary_module
 from loadgen.accounting import Accounting, record_seconds
 from loadgen.clock import Estimate, ProcessClock
@@ -36,7 +39,8 @@ from loadgen.drivers.reference import ReferenceDriver
 from loadgen.embedded import BackendStartError, EmbeddedBackend
 from loadgen.errors import ConfigError
 from loadgen.population import make_user_id, worker_tag
-from loadgen.profile import ProfileError, load_profile
+from loadgen.profile import RECONNECT_POLICIES, ProfileError, load_profile
+from loadgen.redact import url_for_display
 from loadgen.session import OperationFailed, Refused, Session
 from loadgen.shapes import install_shape
 from loadgen.transport import ConnectError, TransportError, WebSocketClient
@@ -51,6 +55,8 @@ DELIVERY = "E2E"
 INVARIANT = "INV"
 
 EXIT_UNREACHABLE = 3
+#: a kind of protocol error is logged at most this often; the lines between are counted
+PROTOCOL_ERROR_LOG_INTERVAL_S = 1.0
 EXIT_USAGE = 2
 # an interrupted run exits as a shell reports the signal that stopped it: 128 + its number
 EXIT_INTERRUPTED = 128 + signal.SIGINT
@@ -98,6 +104,16 @@ OPTIONS: tuple[tuple[str, dict], ...] = (
                           "ws:// the locustfile's own; docs/drivers.md)"}),
     ("--request-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
                            "help": "how long an operation may wait for the backend's reply (default 10)"}),
+    ("--reconnect-storm", {"metavar": "AT:SHARE[:CAUSE]", "action": "append", "default": None,
+                           "help": "at AT seconds, cut SHARE (0..1 or %%) of the connections at once, or restart the "
+                                   "embedded backend (CAUSE restart or hard_restart); repeatable; adds to the "
+                                   "profile's reconnect.storms (docs/reconnects.md)"}),
+    ("--reconnect-policy", {"metavar": "POLICY", "default": None, "choices": RECONNECT_POLICIES,
+                            "help": "how users come back after losing their connection: immediate or backoff "
+                                    "(default: the profile's reconnect.policy, else backoff)"}),
+    # the generator's validity guard and the soak verdict (docs/validity.md)
+    *guard_module.OPTIONS,
+    *soak_module.OPTIONS,
 )  # fmt: skip
 
 
@@ -174,7 +190,7 @@ class RunContext:
             self._read_run_options()
             slo_path = getattr(options, "slo", None)
             self.slo = None if slo_path is None else slo_module.load_slo(slo_path)
-        except (ProfileError, slo_module.SloError) as exc:
+        except (ConfigError, slo_module.SloError) as exc:
             log.error("%s", exc)
             sys.exit(EXIT_USAGE)
         self.backend: EmbeddedBackend | None = None
@@ -207,6 +223,13 @@ class RunContext:
         self.delivery_timeout = delivery_timeout
         self.clock_sync_interval = getattr(options, "clock_sync_interval", 30.0)
         self.clock.limit = getattr(options, "clock_uncertainty_limit", 10.0) / 1000
+        self.guard_thresholds = guard_module.thresholds_from(options)
+        self.soak_settings = soak_module.settings_from(options)
+        policy = self.profile.reconnect
+        chosen = getattr(options, "reconnect_policy", None)
+        self.reconnect_policy = policy if chosen is None else dataclasses.replace(policy, policy=chosen)
+        given = [reconnects.parse_storm_option(v) for v in getattr(options, "reconnect_storm", None) or ()]
+        self.reconnect_storms = (*policy.storms, *given)
 
     def _begin_test(self) -> None:
         """Fresh figures for a test: the web UI can stop a test and start another in one process."""
@@ -240,7 +263,19 @@ class RunContext:
         self.connections: Counter[str] = Counter()
         self.connect_errors: Counter[str] = Counter()
         self.receipts = 0
+        #: frames from the backend that broke its protocol: in all, and by kind (PROTOCOL_ERROR_KINDS)
         self.malformed = 0
+        self.protocol_errors: Counter[str] = Counter()
+        #: kind -> [when it was last logged, how many of it since]
+        self._protocol_errors_logged: dict[str, list] = {}
+        #: result files a write failed for, already said
+        self._unwritable: set[Path] = set()
+        self.reconnects = reconnects.Reconnects(self.reconnect_policy, self.reconnect_storms)
+        # a master has no users, so no posts of its own to time
+        self.guard = guard_module.ProcessGuard(self.guard_thresholds, watches_posts=not self.is_master,
+                                               process=self.clock.tag or guard_module.LOCAL)  # fmt: skip
+        # one process scrapes the backend: the master, or a standalone one
+        self.soak = soak_module.Watch(self.soak_settings, scrapes_backend=not self.is_worker)
         self.clock_synced_mono: float | None = None
         #: worker tag -> its clock as last reported (master only)
         self.worker_clocks: dict[str, dict] = {}
@@ -360,11 +395,15 @@ class RunContext:
             log.error("%s", exc)
             sys.exit(EXIT_USAGE)
         self._check_core()
+        if self.backend is None and any(storm.cause != "drop" for storm in self.reconnect_storms):
+            log.error("A reconnect storm that restarts the backend needs the embedded reference backend "
+                      "(run without --host); a backend of your own is restarted by your own tooling")  # fmt: skip
+            sys.exit(EXIT_USAGE)
         options = self.options
         if self.backend is None and options is not None and (options.headless or options.autostart):
             problem = self.probe(self.transport_url, self.driver_class.subprotocols)
             if problem is not None:
-                log.error("Could not reach the backend at %s: %s", self.environment.host, problem)
+                log.error("Could not reach the backend at %s: %s", url_for_display(self.environment.host), problem)
                 self._write_results(EXIT_UNREACHABLE, unreachable=problem)
                 sys.exit(EXIT_UNREACHABLE)
 
@@ -438,6 +477,11 @@ class RunContext:
             self.recorder = record.Recorder(self.results_dir(), getattr(self.options, "series_interval", 2.0))
             self.recorder.start(self)
         self._greenlets = [gevent.spawn(self._housekeeping)]
+        # a master has no users to cut: it runs the storms that restart its embedded backend
+        storms = [s for s in self.reconnects.storms if not self.is_master or s.cause != "drop"]
+        self._greenlets += [gevent.spawn(reconnects.run_storm, self, storm) for storm in storms]
+        if self.soak.backend is not None:
+            self._greenlets.append(gevent.spawn(self.soak.scrape_forever, self))
 
     def sync_clock(self) -> None:
         """Measure the backend's clock against ours, NTP-style, on a connection of its own.
@@ -457,13 +501,15 @@ class RunContext:
             reporter=self._report_clock_sync,
             request_timeout=self.request_timeout,
             ping_interval=None,
+            # what the backend breaks on this connection counts as on any other
+            on_malformed=lambda event: self.protocol_error(event.kind, event.reason),
         )
         try:
             probe.connect()
             offset, uncertainty = probe.sync_clock()
         except (TransportError, OperationFailed) as exc:
             known = "keeping the last offset" if self.clock.estimate else "assuming the clocks agree"
-            log.warning("Clock sync with %s failed (%s); %s", self.environment.host, exc, known)
+            log.warning("Clock sync with %s failed (%s); %s", url_for_display(self.environment.host), exc, known)
             return
         finally:
             probe.close()
@@ -488,6 +534,9 @@ class RunContext:
             gevent.sleep(1.0)
             # how late the hub woke us: a generator starved for CPU shows here first
             self.loop_lag_seconds = max(time.monotonic() - asked - 1.0, 0.0)
+            elapsed = time.monotonic() - (self.started_mono or time.monotonic())
+            self.guard.tick(self, elapsed)
+            self.soak.tick(elapsed)
             self.accounting.expire()
             self.flush_to_locust()
             interval = self.clock_sync_interval
@@ -586,6 +635,25 @@ class RunContext:
                 self.connect_errors[str(error)] += 1
         if error is not None:
             self.fire(OPERATION, name, seconds, error)
+
+    def protocol_error(self, kind: str, reason: str) -> None:
+        """The backend broke its protocol (a frame skipped, or a connection it made fail): counted by kind,
+        a failure in Locust's table, and a warning at most once a second per kind, not once per frame."""
+        self.malformed += 1
+        self.protocol_errors[kind] += 1
+        self.fire(OPERATION, "frame.malformed", None, ProtocolErrorSeen(kind))
+        now = time.monotonic()
+        logged = self._protocol_errors_logged.get(kind)
+        if logged is None:
+            self._protocol_errors_logged[kind] = [now, 0]
+        elif now - logged[0] < PROTOCOL_ERROR_LOG_INTERVAL_S:
+            logged[1] += 1
+            return
+        else:
+            since, logged[:] = logged[1], [now, 0]
+            if since:
+                reason = f"{reason} (and {since} more of this kind since the last line)"
+        log.warning("Protocol error from the backend: %s: %s", kind, reason)
 
     def violation(self, kind: str, key: tuple, evidence: str) -> None:
         """A broken backend invariant seen by a client; counted and logged once per occurrence.
@@ -870,6 +938,7 @@ class RunContext:
             self.slo_results = slo_module.evaluate(self.slo, data)
             data["slo"] = slo_module.slo_block(self.slo, self.slo_results)
             data["slo"]["partial"] = "partial" in data
+            data["slo"]["suspect"] = bool(data["generator"]["suspect"])
             if exit_code is None:
                 exit_code = slo_module.exit_code(self.slo_results)
         if exit_code is None:
@@ -882,15 +951,18 @@ class RunContext:
         extra = getattr(self.options, "summary", None)
         if extra:
             targets.append(Path(extra))
+        written = []
         for target in targets:
             try:
                 summary_module.write(data, target)
             except OSError as exc:
                 log.error("Could not write the summary to %s: %s", target, exc.strerror)
+            else:
+                written.append(target)
         self.write_histograms()
         if unreachable is None and exit_code == EXIT_UNREACHABLE:
             reason = self.connect_errors.most_common(1)[0][0]
-            log.error("Could not reach the backend at %s: %s", self.environment.host, reason)
+            log.error("Could not reach the backend at %s: %s", url_for_display(self.environment.host), reason)
         elif unreachable is None:
             for line in summary_module.format_table(data).splitlines():
                 log.info("%s", line)
@@ -900,14 +972,21 @@ class RunContext:
             if "partial" in data:
                 # a verdict on part of the load: say so beside it, not only in the JSON
                 log.error("The verdict covers PARTIAL results: a worker's figures are missing (summary: partial)")
-        log.info("Summary written to %s", ", ".join(os.fspath(t) for t in targets))
+            if data["generator"]["suspect"]:
+                log.error("The run is SUSPECT: the generator could not keep up, its latencies include its own "
+                          "delay (summary: generator.suspect; docs/validity.md)")  # fmt: skip
+        if written:
+            log.info("Summary written to %s", ", ".join(os.fspath(t) for t in written))
 
     def write_histograms(self) -> None:
         target = self.results_dir() / "histograms.json"
         try:
             summary_module.write(summary_module.histograms(self), target)
         except OSError as exc:
-            log.error("Could not write the histograms to %s: %s", target, exc.strerror)
+            # rewritten every 30 s: a disk that stays full is said once
+            said = target in self._unwritable
+            self._unwritable.add(target)
+            (log.debug if said else log.error)("Could not write the histograms to %s: %s", target, exc.strerror)
 
     def load_now(self) -> dict:
         """Users and the generator's health at this moment; on a master, the busiest worker's."""
@@ -933,7 +1012,8 @@ class RunContext:
         """Locust's load flags and every option the toolkit adds, as this run has them."""
         names = ["num_users", "spawn_rate", "run_time", "headless", "expect_workers", "processes"]
         names += [flag[2:].replace("-", "_") for flag, _ in OPTIONS]
-        return {name: getattr(self.options, name, None) for name in names}
+        values = {name: getattr(self.options, name, None) for name in names}
+        return {name: url_for_display(v) if isinstance(v, str) and "://" in v else v for name, v in values.items()}
 
 
 class InvariantViolation(Exception):
@@ -942,6 +1022,10 @@ class InvariantViolation(Exception):
 
 class AnomalyError(Exception):
     """A delivery outcome that is a failure in Locust's table: lost, duplicated, out of order."""
+
+
+class ProtocolErrorSeen(Exception):
+    """A frame that broke the backend's protocol, named by its kind in Locust's table."""
 
 
 def _quiet_logout(session) -> None:

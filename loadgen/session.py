@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping, MutableMapping
 import gevent
 from gevent.event import AsyncResult
 
-from loadgen.accounting import Receiver
+from loadgen.accounting import ImplausibleSequence, Receiver
 from loadgen.drivers.base import (
     INBOX,
+    MALFORMED_REPLY,
     ClockResult,
     Delivery,
     Done,
@@ -204,6 +205,11 @@ class Session:
     # -- connection -------------------------------------------------------------------
 
     @property
+    def connection(self) -> WebSocketClient | None:
+        """The WebSocket under the session, once connected: what a network emulation impairs."""
+        return self._ws
+
+    @property
     def alive(self) -> bool:
         return self._ws is not None and not self._ws.closed
 
@@ -382,34 +388,49 @@ class Session:
     # -- reader greenlet --------------------------------------------------------------
 
     def _on_message(self, data: bytes, binary: bool) -> None:
-        receiver = self.receiver
         events = self.driver.receive(data, binary)
         if self._speaks_unasked:
             self._send_pending()
         for event in events:
-            if isinstance(event, Delivery):
-                outcome = receiver.deliver(event)
-                if self.on_delivery is not None:
-                    self.on_delivery(event, outcome)
-            elif isinstance(event, Reply):
-                self._apply(event.result)
-                waiter = self._waiting.get(event.request_id)
-                if waiter is not None:
-                    waiter.set(event.result)
-            elif isinstance(event, Failure):
-                waiter = self._waiting.get(event.request_id) if event.request_id is not None else None
-                if waiter is not None:
-                    waiter.set_exception(OperationFailed("", event.code, event.message))
-                else:
-                    self.log.warning("backend error not tied to a request: %s %s", event.code, event.message)
-            elif isinstance(event, Receipt):
-                if self.on_receipt is not None:
-                    self.on_receipt(event)
-            elif isinstance(event, Malformed):
+            try:
+                self._handle(event)
+            except ImplausibleSequence as exc:
                 if self.on_malformed is not None:
-                    self.on_malformed(event)
-            elif self.on_event is not None:
-                self.on_event(event)
+                    self.on_malformed(Malformed(str(exc), data, "unexpected_shape"))
+
+    def _handle(self, event: object) -> None:
+        """One event from the backend, in the reader greenlet."""
+        if isinstance(event, Delivery):
+            outcome = self.receiver.deliver(event)
+            if self.on_delivery is not None:
+                self.on_delivery(event, outcome)
+        elif isinstance(event, Reply):
+            waiter = self._waiting.get(event.request_id)
+            try:
+                self._apply(event.result)
+            except ImplausibleSequence as exc:
+                if waiter is not None:
+                    waiter.set_exception(OperationFailed("", MALFORMED_REPLY, str(exc)))
+                raise
+            if waiter is not None:
+                waiter.set(event.result)
+        elif isinstance(event, Failure):
+            waiter = self._waiting.get(event.request_id) if event.request_id is not None else None
+            if waiter is not None:
+                waiter.set_exception(OperationFailed("", event.code, event.message))
+            else:
+                self.log.warning("backend error not tied to a request: %s %s", event.code, event.message)
+            if event.code == MALFORMED_REPLY and self.on_malformed is not None:
+                # the request failed, and the backend broke the protocol: both are counted
+                self.on_malformed(Malformed(event.message, b"", "unexpected_shape"))
+        elif isinstance(event, Receipt):
+            if self.on_receipt is not None:
+                self.on_receipt(event)
+        elif isinstance(event, Malformed):
+            if self.on_malformed is not None:
+                self.on_malformed(event)
+        elif self.on_event is not None:
+            self.on_event(event)
 
     def _send_pending(self) -> None:
         ws = self._ws
@@ -446,6 +467,8 @@ class Session:
             receiver.close_all({**result.heads, INBOX: result.inbox_head})
 
     def _on_close(self, closed: ConnectionClosed) -> None:
+        if closed.protocol_error is not None and self.on_malformed is not None:
+            self.on_malformed(Malformed(str(closed), b"", closed.protocol_error))
         if not self.logged_out:
             # the heads at the break are unknown: windows end at what was seen
             self.receiver.close_all(None)

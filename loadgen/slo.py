@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from loadgen.errors import ConfigError, compose_yaml
+from loadgen.soak import UNITS as SOAK_UNITS
 
 __all__ = [
     "Check",
@@ -58,11 +59,23 @@ class SloError(ConfigError):
 
 #: stat kinds: a latency (p(N), max), a count, or a rate (a fraction)
 LATENCY, COUNT, RATE = "latency", "count", "rate"
+#: soak stat kinds: a trend's slope per hour, of bytes or of a count, and its growth over the run (a fraction)
+SLOPE_BYTES, SLOPE_COUNT, GROWTH = "slope_bytes", "slope_count", "growth"
 
 DELIVERY = "delivery_latency"
 MESSAGE_OUTCOMES = ("sent", "delivered", "lost", "duplicated", "out_of_order", "recovered")
 ERRORS = "errors"
 VIOLATIONS = "invariants.violations"
+#: the soak verdict's series: ``soak.generator_rss``, ``soak.backend_fds`` …
+SOAK = "soak."
+#: how long reconnect storms took to bring their users back: the slowest storm's times
+RECONNECT_STORMS = "reconnect_storms"
+STORM_SHARES = ("50", "90", "99")
+#: a storm some of whose users never came back has no time for that share: the check fails
+NEVER_BACK = "never back"
+#: the top-level key of the generator's own settings, and the check it adds to every verdict
+GENERATOR = "generator"
+GENERATOR_VALID = "generator.valid"
 
 #: percentiles the summary holds: the delivery histogram has p99.9, operations stop at p99
 DELIVERY_PERCENTILES = ("50", "95", "99", "99.9")
@@ -71,7 +84,7 @@ OPERATION_PERCENTILES = ("50", "95", "99")
 #: an operation name as the summary spells it: ``room.join``, ``seat.fanout``, ``ws.connect``
 _OPERATION = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+$")
 #: figure prefixes that are not operations
-_RESERVED = ("messages.", "invariants.", "delivery_latency", "errors")
+_RESERVED = ("messages.", "invariants.", "delivery_latency", "errors", SOAK, GENERATOR, RECONNECT_STORMS)
 
 _CONDITION = re.compile(
     r"""^\s*(?P<stat>p\(\s*(?P<p>[0-9]+(?:\.[0-9]+)?)\s*\)|[a-z_][a-z0-9_]*)
@@ -95,6 +108,9 @@ _OP_WORDS = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne
 
 #: latency units -> milliseconds per unit; a bare number is milliseconds
 LATENCY_UNITS = {"ms": 1.0, "s": 1000.0, "us": 0.001, "µs": 0.001}
+#: slope units of a byte series -> bytes per hour per unit; a bare number is bytes per hour
+SLOPE_BYTE_UNITS = {"B/h": 1.0, "KB/h": 1e3, "MB/h": 1e6, "GB/h": 1e9, "KiB/h": 2.0**10, "MiB/h": 2.0**20,
+                    "GiB/h": 2.0**30}  # fmt: skip
 #: grace units -> seconds per unit; a bare number is seconds
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -105,8 +121,15 @@ def _stats_of(figure: str) -> dict[str, str]:
         return {"max": LATENCY, **{f"p({p})": LATENCY for p in DELIVERY_PERCENTILES}}
     if figure == ERRORS:
         return {"rate": RATE}
+    if figure == RECONNECT_STORMS:
+        return {"max": LATENCY, **{f"p({p})": LATENCY for p in STORM_SHARES}}
     if figure == VIOLATIONS:
         return {"count": COUNT}
+    if figure.startswith(SOAK):
+        unit = SOAK_UNITS.get(figure.removeprefix(SOAK))
+        if unit is None:
+            return {}
+        return {"slope": SLOPE_BYTES if unit == "bytes" else SLOPE_COUNT, "growth": GROWTH}
     if figure.startswith("messages."):
         return {"count": COUNT} if figure.removeprefix("messages.") in MESSAGE_OUTCOMES else {}
     if figure.startswith(_RESERVED) or not _OPERATION.match(figure):
@@ -125,8 +148,8 @@ class Condition:
     stat: str  # p(99), max, count, failures, rate
     op: str  # < <= > >= == !=
     threshold: float  # in ``unit``
-    unit: str  # ms, s, us, µs for latencies; % or "" for rates; "" for counts
-    kind: str  # LATENCY, COUNT or RATE
+    unit: str  # ms, s, us, µs for latencies; % or "" for rates and growth; "" for counts; MB/h … for slopes
+    kind: str  # LATENCY, COUNT, RATE, SLOPE_BYTES, SLOPE_COUNT or GROWTH
     number: str  # the number as written, kept for names and messages
 
     @property
@@ -135,11 +158,13 @@ class Condition:
 
     @property
     def base_threshold(self) -> float:
-        """The threshold in base units: seconds for latencies, a fraction for rates."""
+        """The threshold in base units: seconds for latencies, a fraction for rates, bytes per hour for slopes."""
         if self.kind == LATENCY:
             return self.threshold * LATENCY_UNITS[self.unit] / 1000
-        if self.kind == RATE and self.unit == "%":
+        if self.kind in (RATE, GROWTH) and self.unit == "%":
             return self.threshold / 100
+        if self.kind == SLOPE_BYTES:
+            return self.threshold * SLOPE_BYTE_UNITS[self.unit]
         return self.threshold
 
 
@@ -166,6 +191,22 @@ class Check:
 class Slo:
     path: str
     checks: tuple[Check, ...]
+    #: ``generator: {allow_suspect: true}``: a run the generator could not drive may still pass
+    allow_suspect: bool = False
+
+
+@dataclass(frozen=True)
+class _ValidityCheck(Check):
+    """``generator.valid``: added to every verdict; fails when the generator's guard marked the run suspect."""
+
+    @property
+    def name(self) -> str:
+        return GENERATOR_VALID
+
+
+VALIDITY = _ValidityCheck(
+    GENERATOR_VALID, Condition(stat="suspect", op="==", threshold=0.0, unit="", kind=COUNT, number="0")
+)
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -205,6 +246,19 @@ def _condition(text: str, figure: str, path: str, line: int | None, key: str) ->
             unit = "ms"
         elif unit not in LATENCY_UNITS:
             raise SloError(path, line, key, f"unknown unit {unit!r} for a latency (use ms, s, µs or us)")
+    elif kind == SLOPE_BYTES:
+        if unit == "":
+            unit = "B/h"
+        elif unit not in SLOPE_BYTE_UNITS:
+            raise SloError(
+                path, line, key, f"unknown unit {unit!r} for a memory slope (use {', '.join(SLOPE_BYTE_UNITS)})"
+            )
+    elif kind == SLOPE_COUNT:
+        if unit not in ("", "/h"):
+            raise SloError(path, line, key, f"unknown unit {unit!r} for a count's slope (use /h, or none: per hour)")
+    elif kind == GROWTH:
+        if unit not in ("", "%"):
+            raise SloError(path, line, key, f"unknown unit {unit!r} for a growth (use a fraction such as 0.05, or %)")
     elif kind == RATE:
         if unit not in ("", "%"):
             raise SloError(path, line, key, f"unknown unit {unit!r} for a rate (use a fraction such as 0.001, or %)")
@@ -264,6 +318,26 @@ def _entry(figure: str, node: yaml.Node, path: str, key: str) -> Check:
     return Check(figure, condition, abort_on_fail=abort, grace=grace, line=_line(node))
 
 
+_GENERATOR_KEYS = ("allow_suspect",)
+
+
+def _generator_settings(node: yaml.Node, path: str) -> bool:
+    """``generator: {allow_suspect: true}``; whether a suspect run may pass."""
+    if not isinstance(node, yaml.MappingNode):
+        raise SloError(path, _line(node), GENERATOR, "must be a mapping such as {allow_suspect: true}")
+    allow = False
+    for key_node, value_node in node.value:
+        name = _scalar(key_node, path, GENERATOR, "a key")
+        if name not in _GENERATOR_KEYS:
+            raise SloError(path, _line(key_node), f"{GENERATOR}.{name}",
+                           f"unknown key (known: {', '.join(_GENERATOR_KEYS)})")  # fmt: skip
+        value = yaml.safe_load(yaml.serialize(value_node)) if isinstance(value_node, yaml.ScalarNode) else None
+        if not isinstance(value, bool):
+            raise SloError(path, _line(value_node), f"{GENERATOR}.{name}", "must be true or false")
+        allow = value
+    return allow
+
+
 def loads_slo(text: str, path: str = "<slo>") -> Slo:
     """Read and check an SLO file's text; ``path`` names it in errors."""
     root = compose_yaml(text, path, SloError)
@@ -275,11 +349,15 @@ def loads_slo(text: str, path: str = "<slo>") -> Slo:
     checks: list[Check] = []
     seen_figures: set[str] = set()
     seen_names: set[str] = set()
+    allow_suspect = False
     for key_node, value_node in root.value:
         figure = _scalar(key_node, path, "", "a figure name such as delivery_latency")
         if figure in seen_figures:
             raise SloError(path, _line(key_node), figure, "given twice; list all its conditions under one key")
         seen_figures.add(figure)
+        if figure == GENERATOR:
+            allow_suspect = _generator_settings(value_node, path)
+            continue
         stats = _stats_of(figure)
         if not stats:
             raise SloError(
@@ -287,7 +365,9 @@ def loads_slo(text: str, path: str = "<slo>") -> Slo:
                 _line(key_node),
                 figure,
                 "unknown figure (known: delivery_latency, an operation name such as room.join, "
-                f"{', '.join('messages.' + o for o in MESSAGE_OUTCOMES)}, errors, {VIOLATIONS})",
+                f"{', '.join('messages.' + o for o in MESSAGE_OUTCOMES)}, errors, {VIOLATIONS}, "
+                f"{', '.join(SOAK + name for name in SOAK_UNITS)}, {RECONNECT_STORMS}; "
+                f"and {GENERATOR} for its settings)",
             )
         if isinstance(value_node, yaml.SequenceNode):
             if not value_node.value:
@@ -301,7 +381,7 @@ def loads_slo(text: str, path: str = "<slo>") -> Slo:
                 raise SloError(path, check.line, key, f"the check {check.name!r} is given twice")
             seen_names.add(check.name)
             checks.append(check)
-    return Slo(path=path, checks=tuple(checks))
+    return Slo(path=path, checks=tuple(checks), allow_suspect=allow_suspect)
 
 
 def load_slo(path: str | Path) -> Slo:
@@ -352,8 +432,20 @@ def _figure_value(check: Check, summary: dict) -> tuple[float | None, str | None
     operations = summary.get("operations") or {}
     if figure == VIOLATIONS:
         return _number((summary.get("invariants") or {}).get("violations")), None
+    if figure.startswith(SOAK):
+        series = ((summary.get("soak") or {}).get("series") or {}).get(figure.removeprefix(SOAK))
+        if series is None:
+            return None, NOT_RUN
+        if stat == "slope":
+            value = series.get("slope_per_hour")
+        else:
+            growth = series.get("growth_percent")
+            value = None if growth is None else growth / 100
+        return (None, NO_SAMPLES) if value is None else (float(value), None)
     if figure.startswith("messages."):
         return _number(messages.get(figure.removeprefix("messages."))), None
+    if figure == RECONNECT_STORMS:
+        return _slowest_storm(summary, "time_to_all_ms" if stat == "max" else f"time_to_{stat[2:-1]}pct_ms")
     if figure == ERRORS:
         total = sum(_number(op.get("count")) for op in operations.values())
         if total == 0:
@@ -381,11 +473,24 @@ def _figure_value(check: Check, summary: dict) -> tuple[float | None, str | None
     return _number(op.get(f"{key}_ms")), None
 
 
+def _slowest_storm(summary: dict, key: str) -> tuple[float | None, str | None]:
+    """The longest time any storm that happened took to bring that share of its users back."""
+    storms = [s for s in (summary.get("reconnects") or {}).get("storms", ()) if s.get("happened")]
+    if not storms:
+        return None, NOT_RUN
+    times = [storm.get(key) for storm in storms]
+    if any(t is None for t in times):
+        return None, NEVER_BACK
+    return max(_number(t) for t in times), None
+
+
 def _in_unit(base: float, condition: Condition) -> float:
     if condition.kind == LATENCY:
         value = base / LATENCY_UNITS[condition.unit]
-    elif condition.kind == RATE and condition.unit == "%":
+    elif condition.kind in (RATE, GROWTH) and condition.unit == "%":
         value = base * 100
+    elif condition.kind == SLOPE_BYTES:
+        value = base / SLOPE_BYTE_UNITS[condition.unit]
     else:
         value = base
     return float(f"{value:.9g}")  # no 300.00000000000006 in a verdict
@@ -397,6 +502,10 @@ def evaluate(slo: Slo, summary: dict) -> list[CheckResult]:
     Counts are never missing: an absent count is zero. A percentile, max or rate of something
     the run never attempted has no value and passes (``note`` "not run"); add ``count > 0`` to
     require it. Something attempted with nothing to time (every call failed) fails ("no samples").
+
+    A summary that carries the generator's guard (``generator.suspect``) also gets the check
+    ``generator.valid``, 0 when valid and 1 when suspect, which fails a suspect run unless the
+    file says ``generator: {allow_suspect: true}``.
     """
     results = []
     for check in slo.checks:
@@ -407,6 +516,14 @@ def evaluate(slo: Slo, summary: dict) -> list[CheckResult]:
         value = _in_unit(base, check.condition)
         passed = OPERATORS[check.condition.op](value, check.condition.threshold)
         results.append(CheckResult(check, value, bool(passed)))
+    generator = summary.get("generator") or {}
+    if "suspect" in generator and not slo.allow_suspect:
+        if (generator.get("guard") or {}).get("enabled") is False:
+            # --no-guard: nobody watched, so the check cannot say the run was valid
+            results.append(CheckResult(VALIDITY, None, True, NOT_RUN))
+        else:
+            suspect = 1.0 if generator["suspect"] else 0.0
+            results.append(CheckResult(VALIDITY, suspect, suspect == 0))
     return results
 
 
@@ -572,6 +689,8 @@ def rules(slo: Slo, scenario_label: str | None = None, window: str = "5m") -> st
     recorded: dict[str, str] = {}
     alerts = []
     for check in slo.checks:
+        if check.figure.startswith(SOAK) or check.figure == RECONNECT_STORMS:
+            continue  # a trend over the whole run, or a storm's recovery, judged from the summary: no series
         record = _record_name(check)
         expr = _promql(check, scenario_label, window)
         if recorded.setdefault(record, expr) != expr:  # only operation names such as a.b_c and a_b.c collide

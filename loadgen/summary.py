@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
 
-from loadgen import merge
+from loadgen import merge, network, reconnects
 from loadgen.accounting import percentiles_ms
 from loadgen.files import write_atomically
+from loadgen.redact import url_for_display
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +34,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
         "schema": SCHEMA_VERSION,
         "scenario": context.scenario,
         "run_id": context.run_id,
-        "host": context.environment.host,
+        "host": url_for_display(context.environment.host),
         "profile": context.profile.path,
         "started": None if started is None else _iso(started),
         "duration_s": round(duration, 3),
@@ -61,6 +64,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
         },
         "receipts": context.receipts,
         "malformed_frames": context.malformed,
+        "protocol_errors": {"total": context.malformed, "by_kind": dict(sorted(context.protocol_errors.items()))},
         "invariants": {"violations": sum(context.violations.values()), "by_kind": dict(context.violations)},
         "slo": {"file": None, "passed": None, "checks": []},
         "generator": {
@@ -71,6 +75,10 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
             "send_lag_ms": percentiles_ms(accounting.send_lag),
         },
     }
+    data["reconnects"] = _reconnects(context)
+    data["network"] = _network(context)
+    data["generator"]["suspect"], data["generator"]["guard"] = context.guard.summary()
+    data["soak"] = context.soak.summary()
     if unreachable is not None:
         data["error"] = f"could not reach the backend: {unreachable}"
     if context.is_master:
@@ -79,6 +87,25 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
     if missing or lost:
         data["partial"] = {"missing_workers": missing, "lost_workers": lost}
     return data
+
+
+def _reconnects(context) -> dict:
+    """This process's reconnections, or on a master every worker's with the master's own restarts."""
+    snapshots = [context.reconnects.snapshot()]
+    if context.is_master:
+        snapshots += [r["reconnects"] for r in context.worker_reports.values()]
+    return reconnects.summary(context.reconnect_policy, snapshots)
+
+
+def _network(context) -> dict | None:
+    """What the emulated networks added and the rest: this process's, or on a master every worker's."""
+    run = network.for_run(context)
+    if run is None:
+        return None
+    snapshots = [run.snapshot()]
+    if context.is_master:
+        snapshots += [r["network"] for r in context.worker_reports.values() if r.get("network")]
+    return network.summary(snapshots)
 
 
 def _clock(context) -> dict:
@@ -127,8 +154,21 @@ def _iso(timestamp: float) -> str:
 
 
 def write(data: dict, path: Path) -> None:
-    """Write JSON atomically, so a reader never sees half a file."""
-    write_atomically(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    """Write JSON atomically, so a reader never sees half a file.
+
+    A path to a device or a pipe (``/dev/stdout``) is written in place: replacing it with a
+    file, as an atomic write does, would take the device away.
+    """
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
+    try:
+        special = not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        special = False
+    if special:
+        with open(path, "wb") as out:
+            out.write(payload)
+    else:
+        write_atomically(path, payload)
 
 
 def format_table(data: dict) -> str:
@@ -149,12 +189,46 @@ def format_table(data: dict) -> str:
         )
     lag = data["generator"]["send_lag_ms"]
     lines.append(f"  send lag behind schedule ms  p50 {lag['p50']:.3f}  p99 {lag['p99']:.3f}  max {lag['max']:.3f}")
+    net = data.get("network")
+    if net:
+        added, rest = net["added_latency_ms"], net["backend_latency_ms"]
+        users = ", ".join(f"{name} {n}" for name, n in net["profiles"].items())
+        lines += [
+            f"  network ({users}): latency added ms  p50 {added['p50']:.3f}  p99 {added['p99']:.3f}  max "
+            f"{added['max']:.3f};  the rest ms  p50 {rest['p50']:.3f}  p99 {rest['p99']:.3f}  max {rest['max']:.3f}",
+            f"  network: {net['split']} deliveries split, {net['unknown_split']} not (sender in another process); "
+            f"{net['offline_spells']} offline spells, {net['handovers']} handovers",
+        ]
     if data["operations"]:
         lines.append(f"  {'operation':<18}{'count':>9}{'fail':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
         for name, op in data["operations"].items():
             lines.append(
                 f"  {name:<18}{op['count']:>9}{op['failures']:>7}"
                 f"{op['p50_ms']:>10.2f}{op['p95_ms']:>10.2f}{op['p99_ms']:>10.2f}"
+            )
+    back = data["reconnects"]
+    for storm in back["storms"]:
+        if not storm["happened"]:
+            continue
+        times = "  ".join(f"{share}% {_ms(storm[f'time_to_{share}pct_ms'])}" for share in reconnects.RETURN_SHARES)
+        lines.append(
+            f"  reconnect storm at {storm['at_s']:g} s ({storm['cause']}): {storm['reconnected']} of "
+            f"{storm['affected']} back; back within  {times}  all {_ms(storm['time_to_all_ms'])}; "
+            f"{storm['attempts']} tries, {storm['failures']} failed; {storm['recovered']} messages recovered"
+        )
+    suspect = data["generator"].get("suspect")
+    for reason in suspect["reasons"] if suspect else ():
+        unit = reason["unit"]
+        lines.append(
+            f"  SUSPECT RUN: {reason['process']} process {reason['measure']} {reason['value']:g} {unit} over "
+            f"{reason['threshold']:g} {unit} for {reason['seconds_over']:g} s from {reason['at_s']:g} s"
+        )
+    for name, series in (data.get("soak") or {}).get("series", {}).items():
+        if series["slope_per_hour"] is not None:
+            lines.append(
+                f"  soak {name}: {_amount(series['slope_per_hour'], series['unit'], '+')}/h "
+                f"(r² {series['r2']:.2f}, {series['samples']} samples), {_amount(series['start'], series['unit'])} → "
+                f"{_amount(series['end'], series['unit'])}: {series['verdict']}"
             )
     partial = data.get("partial")
     if partial:
@@ -166,3 +240,14 @@ def format_table(data: dict) -> str:
         if partial["missing_workers"]:
             lines.append(f"  PARTIAL RESULTS: no final figures from {', '.join(partial['missing_workers'])}")
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "never" if value is None else f"{value:.0f} ms"
+
+
+def _amount(value: float, unit: str, sign: str = "") -> str:
+    """A soak figure as people read it: bytes in MiB, counts as they are."""
+    if unit == "bytes":
+        return f"{value / 2**20:{sign}.1f} MiB"
+    return f"{value:{sign}g} {unit}"

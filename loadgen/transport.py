@@ -17,7 +17,8 @@ gevent 26, websockets 17) that came to about 14 KiB of RSS per connection, again
 Concurrency rules, which the rest of the module relies on:
 
 - Once connected, only the reader greenlet calls ``receive_data``; ``on_message`` and
-  ``on_close`` run there.
+  ``on_close`` run there (``on_message`` in the impairment's greenlet on an impaired
+  connection: see ``impair``).
 - Every write is ``protocol.send_*`` + ``data_to_send`` + ``sendall`` under one lock, so
   two frames never interleave on the wire. Whoever holds the lock also writes whatever
   the protocol queued meanwhile (pongs, close frames), so the reader never has to wait
@@ -45,10 +46,11 @@ import gevent.lock
 import gevent.socket
 import gevent.ssl
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidStatus, InvalidURI, ProtocolError
+from websockets.exceptions import InvalidStatus, InvalidURI, PayloadTooBig, ProtocolError
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import CLOSED, CONNECTING, OPEN, Protocol
+from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -88,6 +90,9 @@ _CLEAN_CLOSE_CODES = frozenset({1000, 1001})
 _TEXT, _BINARY, _CONT, _PONG = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.PONG
 
 _connection_ids = itertools.count(1)
+
+# where websockets' frame parser waits between frames (see _between_frames)
+_AT_EOF = StreamReader.at_eof.__code__
 
 # Client frames need unpredictable masks (RFC 6455, 5.3): one read of the kernel's random
 # source serves a thousand frames here, where websockets' serializer makes a syscall per frame.
@@ -155,14 +160,17 @@ class ConnectionClosed(TransportError):
     side failed the connection with (1009 message too big, 1011 keepalive timeout,
     1002 protocol error), else 1006. It is ``None`` only while a closing handshake is
     still in progress. ``clean`` is true when both sides exchanged close frames with
-    1000 or 1001.
+    1000 or 1001. ``protocol_error`` names what the server did wrong when that ended the
+    connection: ``oversized``, ``bad_frame``, ``bad_utf8`` (a close reason) or
+    ``truncated`` (the connection ended in the middle of a frame); else ``None``.
     """
 
-    def __init__(self, code: int | None, reason: str, clean: bool = False) -> None:
+    def __init__(self, code: int | None, reason: str, clean: bool = False, protocol_error: str | None = None) -> None:
         super().__init__(code, reason, clean)
         self.code = code
         self.reason = reason
         self.clean = clean
+        self.protocol_error = protocol_error
 
     def __str__(self) -> str:
         if self.code is None:
@@ -189,7 +197,9 @@ class WebSocketClient:
     ``closed`` turns true as soon as the connection stops being usable for sending (a
     closing handshake started, the link was lost or aborted); ``close_code`` and
     ``close_reason`` are set once the connection has ended, just before ``on_close``.
-    ``callback_errors`` counts exceptions raised by ``on_message``.
+    ``callback_errors`` counts exceptions raised by ``on_message``. ``protocol_error`` is
+    set when the server broke the protocol in a way that ends the connection (see
+    :class:`ConnectionClosed`).
     """
 
     __slots__ = (
@@ -198,6 +208,7 @@ class WebSocketClient:
         "close_code",
         "close_reason",
         "callback_errors",
+        "protocol_error",
         "_protocol",
         "_sock",
         "_logger",
@@ -217,11 +228,13 @@ class WebSocketClient:
         "_fragments_size",
         "_unparsed",
         "_unparsed_needed",
+        "_parse_here",
         "_ping_interval",
         "_ping_timeout",
         "_timer",
         "_ping_payload",
         "_awaiting_pong",
+        "_impairment",
     )
 
     def __init__(
@@ -239,6 +252,7 @@ class WebSocketClient:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.callback_errors = 0
+        self.protocol_error: str | None = None
         self._protocol = protocol
         self._sock = sock
         self._logger = logger
@@ -261,11 +275,15 @@ class WebSocketClient:
         # once its header is known (see _parse)
         self._unparsed = bytearray()
         self._unparsed_needed = 0
+        # data frames are parsed here (see _parse) until the protocol has to take over
+        self._parse_here = False
         self._ping_interval: float | None = None
         self._ping_timeout: float | None = None
         self._timer: Any = None
         self._ping_payload = b""
         self._awaiting_pong = False
+        # a weak network emulated on this connection (loadgen.network.Impairment); None for none
+        self._impairment: Any = None
 
     @classmethod
     def connect(
@@ -346,7 +364,7 @@ class WebSocketClient:
             if exc is deadline or isinstance(exc, TimeoutError):
                 raise ConnectTimeout(url, f"no WebSocket connection within {timeout:g} s") from None
             if isinstance(exc, ssl.SSLError):
-                raise ConnectError(url, f"TLS handshake failed: {exc}") from exc
+                raise ConnectError(url, _tls_problem(exc)) from exc
             if isinstance(exc, socket.gaierror):
                 raise ConnectError(url, f"cannot resolve {wsuri.host}: {exc}") from exc
             if isinstance(exc, OSError):
@@ -423,6 +441,16 @@ class WebSocketClient:
             self._done = gevent.event.Event()
         self._done.wait(timeout)
 
+    def impair(self, impairment: Any) -> None:
+        """Hold frames back each way as a weak network would (a :class:`loadgen.network.Impairment`).
+
+        Given right after :meth:`connect`, before anything is sent. From then on every frame
+        written and every message delivered passes through it, and ``on_message`` runs in the
+        impairment's greenlet rather than the reader's; ``on_close`` still runs last, in the reader.
+        """
+        impairment.bind(self._write_locked, self._deliver)
+        self._impairment = impairment
+
     def __repr__(self) -> str:
         state = "open" if not self.closed else f"closed {self.close_code}"
         return f"<WebSocketClient {self.url} {state}>"
@@ -461,6 +489,8 @@ class WebSocketClient:
                     self._write_locked(chunk)
 
     def _write_locked(self, chunk: bytes) -> None:
+        if self._impairment is not None and self._impairment.hold_up(chunk):
+            return
         sock = self._sock
         try:
             if type(sock) is gevent.socket.socket:
@@ -535,32 +565,27 @@ class WebSocketClient:
                 self._dispatch(events)
             # Data frames are parsed here while the connection is open and the protocol holds
             # no partial frame of its own (one that came with the handshake response).
-            parse_here = (
+            self._parse_here = (
                 protocol.state is OPEN
                 and not protocol.reader.buffer
+                and _between_frames(protocol)
                 and protocol.current_size is None
                 and not protocol.extensions
             )
             while True:
                 data = recv(_RECV_SIZE)
                 if not data:
-                    # Whatever the protocol state, nothing more can arrive.
-                    protocol.receive_eof()
+                    self._received_eof()
                     break
-                if parse_here:
-                    parse_here = self._parse(data)
-                else:
-                    protocol.receive_data(data)
-                if protocol.writes:
-                    self._flush_from_reader()
-                if protocol.events:
-                    self._dispatch(protocol.events_received())
+                self._received(data)
         except TimeoutError:
             if self._lost_reason is None:
                 self._lost_reason = "closing handshake timed out"
         except OSError as exc:
             if self._lost_reason is None:
                 self._lost_reason = f"connection lost: {exc}"
+                # lost, not dropped on purpose: whatever was half received was cut off
+                self._note_cut()
         except Exception:
             self._log.exception("reader failed")
             if self._lost_reason is None:
@@ -569,6 +594,48 @@ class WebSocketClient:
             if self._lost_reason is None and protocol.state is not CLOSED:
                 self._lost_reason = "reader stopped"
             self._finish()
+
+    def _received(self, data: bytes) -> None:
+        """Bytes from the server: messages delivered, pings answered, a protocol error noted."""
+        protocol = self._protocol
+        if self._parse_here:
+            self._parse_here = self._parse(data)
+        else:
+            protocol.receive_data(data)
+            self._note_parser_failure()
+        if protocol.writes:
+            self._flush_from_reader()
+        if protocol.events:
+            self._dispatch(protocol.events_received())
+
+    def _received_eof(self) -> None:
+        """The server closed TCP: whatever the protocol state, nothing more can arrive."""
+        self._note_cut()
+        self._protocol.receive_eof()
+
+    def _note_cut(self) -> None:
+        """The stream ended in the middle of a frame, or of a fragmented message: it was truncated."""
+        protocol = self._protocol
+        if self.protocol_error is None and protocol.state is OPEN:
+            if self._parse_here:
+                cut = bool(self._unparsed or self._fragments)
+            else:
+                cut = bool(protocol.reader.buffer) or protocol.current_size is not None or not _between_frames(protocol)
+            if cut:
+                self.protocol_error = "truncated"
+                if self._lost_reason is None:
+                    self._lost_reason = "connection closed in the middle of a frame"
+
+    def _note_parser_failure(self) -> None:
+        """Name the protocol error websockets' parser failed the connection for, if it did."""
+        failure = self._protocol.parser_exc
+        if failure is not None and self.protocol_error is None:
+            if isinstance(failure, PayloadTooBig):
+                self.protocol_error = "oversized"
+            elif isinstance(failure, UnicodeDecodeError):
+                self.protocol_error = "bad_utf8"
+            else:
+                self.protocol_error = "bad_frame"
 
     def _parse(self, data: bytes) -> bool:
         """Deliver the whole data frames in ``data``; False once the protocol must take over.
@@ -612,6 +679,7 @@ class WebSocketClient:
                 and (limit is None or length <= limit)
             )
             if not usual and (problem := self._frame_problem(head1, head2, opcode, length)) is not None:
+                self.protocol_error = "oversized" if problem[0] == CloseCode.MESSAGE_TOO_BIG else "bad_frame"
                 protocol.fail(*problem)
                 return False
             end = start + length
@@ -620,10 +688,13 @@ class WebSocketClient:
                 break
             if opcode >= 8:
                 if opcode == 8 and self._fragments:
+                    self.protocol_error = "bad_frame"
                     protocol.fail(CloseCode.PROTOCOL_ERROR, "incomplete fragmented message")
                     return False
                 protocol.receive_data(data[pos:end])
                 if protocol.state is not OPEN:
+                    # a close frame, or one the protocol refused (a bad close code, a reason not UTF-8)
+                    self._note_parser_failure()
                     protocol.receive_data(data[end:])
                     return False
                 if protocol.events:
@@ -647,28 +718,32 @@ class WebSocketClient:
         return True
 
     def _frame_problem(self, head1: int, head2: int, opcode: int, length: int) -> tuple[int, str] | None:
-        """What is wrong with a frame by its header, as websockets' parser would fail it; None if nothing."""
+        """What is wrong with a frame by its header, as websockets' parser would fail it; None if nothing.
+
+        In websockets' order: the opcode, the mask bit and the size first (its size limit
+        counts a control frame too, against what is left of a fragmented message), then the
+        rest, which websockets looks at once the payload is in and this parser at once.
+        """
+        if 2 < opcode < 8 or opcode > 10:
+            return CloseCode.PROTOCOL_ERROR, f"invalid opcode: {opcode}"
         if head2 & 0x80:
             return CloseCode.PROTOCOL_ERROR, "incorrect masking"
+        limit = self._protocol.max_message_size
+        if limit is not None and self._fragments_size + length > limit:
+            left = limit - self._fragments_size
+            return CloseCode.MESSAGE_TOO_BIG, f"frame with {length} bytes exceeds limit of {left} bytes"
         if head1 & 0x70:
             return CloseCode.PROTOCOL_ERROR, "reserved bits must be 0"
         if opcode >= 8:
-            if opcode > 10:
-                return CloseCode.PROTOCOL_ERROR, f"invalid opcode: {opcode}"
             if length > 125:
                 return CloseCode.PROTOCOL_ERROR, "control frame too long"
             if not head1 & 0x80:
                 return CloseCode.PROTOCOL_ERROR, "fragmented control frame"
             return None
-        if opcode > 2:
-            return CloseCode.PROTOCOL_ERROR, f"invalid opcode: {opcode}"
         if opcode and self._fragments:
             return CloseCode.PROTOCOL_ERROR, "expected a continuation frame"
         if not opcode and not self._fragments:
             return CloseCode.PROTOCOL_ERROR, "unexpected continuation frame"
-        limit = self._protocol.max_message_size
-        if limit is not None and self._fragments_size + length > limit:
-            return CloseCode.MESSAGE_TOO_BIG, f"frame with {length} bytes exceeds limit of {limit} bytes"
         return None
 
     def _flush_from_reader(self) -> None:
@@ -706,6 +781,8 @@ class WebSocketClient:
             self._deliver(payload, binary)
 
     def _deliver(self, payload: bytes, binary: bool) -> None:
+        if self._impairment is not None and self._impairment.hold_down(payload, binary):
+            return
         try:
             self._on_message(payload, binary)
         except Exception:
@@ -716,11 +793,14 @@ class WebSocketClient:
     def _finish(self) -> None:
         self._stop_keepalive()
         self._sock.close()
+        if self._impairment is not None:
+            # what the backend sent before it closed is still delivered; a lost link loses it
+            self._impairment.finish(self._lost_reason is None)
         code, reason, clean = self._outcome()
         if code is None:
             code, reason = 1006, self._lost_reason or "connection closed without a close frame"
         self.close_code, self.close_reason = code, reason
-        self._result = result = ConnectionClosed(code, reason, clean)
+        self._result = result = ConnectionClosed(code, reason, clean, self.protocol_error)
         if clean:
             self._log.debug("closed: %s", result)
         else:
@@ -733,6 +813,10 @@ class WebSocketClient:
         except Exception:
             self._log.exception("on_close raised")
         finally:
+            # the callbacks are bound methods of the owner, which holds this client: a cycle that
+            # only a full garbage collection frees, and a churning soak makes thousands of them
+            self._on_message = _ignore_message
+            self._on_close = None
             self._finished = True
             if self._done is not None:
                 self._done.set()
@@ -753,8 +837,9 @@ class WebSocketClient:
     def _closed_error(self) -> ConnectionClosed:
         # A new instance each time: re-raising one instance would chain tracebacks onto it.
         if self._result is not None:
-            return ConnectionClosed(self._result.code, self._result.reason, self._result.clean)
-        return ConnectionClosed(*self._outcome())
+            result = self._result
+            return ConnectionClosed(result.code, result.reason, result.clean, result.protocol_error)
+        return ConnectionClosed(*self._outcome(), self.protocol_error)
 
     # Keepalive. One timer at a time: waiting for the next ping, or for a pong. A fresh
     # watcher each time, because restarting an expired libev timer fires it at once.
@@ -823,6 +908,38 @@ class WebSocketClient:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
+
+
+#: what OpenSSL says when the other end of a TLS handshake answers in plain text
+_NOT_TLS = frozenset({"WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "PACKET_LENGTH_TOO_LONG",
+                      "RECORD_LAYER_FAILURE"})  # fmt: skip
+
+
+def _tls_problem(exc: ssl.SSLError) -> str:
+    """A failed TLS handshake in words a user can act on."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS handshake failed: the server's certificate was refused: {exc.verify_message}"
+    if exc.reason in _NOT_TLS:
+        return f"TLS handshake failed: the server does not speak TLS ({exc.reason}); a plain one takes ws://"
+    if isinstance(exc, ssl.SSLEOFError):
+        return "TLS handshake failed: the server hung up in it (does it speak TLS? a plain one takes ws://)"
+    return f"TLS handshake failed: {exc.reason or exc}"
+
+
+def _between_frames(protocol: Protocol) -> bool:
+    """Whether websockets' parser waits for the first byte of a frame, not for the rest of one.
+
+    Its buffer alone does not tell: a frame's header is taken out of it as soon as it is
+    whole, while the parser goes on waiting for the payload.
+    """
+    waiting = protocol.parser
+    while waiting.gi_yieldfrom is not None:
+        waiting = waiting.gi_yieldfrom
+    return waiting.gi_code is _AT_EOF
+
+
+def _ignore_message(payload: bytes, binary: bool) -> None:
+    """What a finished connection does with a message: there is none, and no owner to tell."""
 
 
 def _open_tcp(host: str, port: int) -> Any:
@@ -897,10 +1014,11 @@ def _read_handshake_response(url: str, sock: Any, protocol: ClientProtocol) -> l
         # Not "is OPEN": a close frame in the same read as the response already moved
         # the protocol on to CLOSING.
         if protocol.state is not CONNECTING:
-            if protocol.state is OPEN and not protocol.reader.buffer:
+            if protocol.state is OPEN and not protocol.reader.buffer and _between_frames(protocol):
                 # The client parser stays suspended in the handshake's frame of its own for the
                 # connection's life, holding the 101 response and its headers (1.3 KiB); the
-                # frame parser alone has nothing to carry over while no byte is buffered.
+                # frame parser alone has nothing to carry over while no byte is buffered and no
+                # frame is half read.
                 protocol.parser = Protocol.parse(protocol)
                 next(protocol.parser)
                 # a UUID for websockets' own connection classes and the handshake's key: the

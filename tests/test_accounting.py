@@ -2,7 +2,7 @@
 
 import pytest
 
-from loadgen.accounting import Accounting, percentiles_ms
+from loadgen.accounting import Accounting, ImplausibleSequence, percentiles_ms
 from loadgen.drivers.base import INBOX, Delivery, sender_stream
 
 
@@ -104,17 +104,33 @@ def test_message_landing_after_leave_fills_its_hole_in_order(accounting):
     assert accounting.counts.out_of_order == 0
 
 
-def test_broken_connection_closes_the_window_at_what_was_seen(accounting, clock):
-    """Without a head, a break never invents losses beyond the last sequence seen."""
+def test_broken_connection_owes_what_the_room_got_while_away(accounting, clock):
+    """After a cut connection, the sequences posted while away are owed: history fills them, else they are lost."""
     r = accounting.receiver()
     r.open_window("r1", 0)
     r.deliver(msg(1))
     r.close_all(None)
     r.open_window("r1", 9)
+    assert r.gaps() == {"r1": 2}
+    assert r.recover([msg(seq) for seq in range(2, 7)]) == 5
+    r.deliver(msg(10))
+    clock.now += 60
+    accounting.expire()
+    assert (accounting.counts.recovered, accounting.counts.lost, accounting.counts.out_of_order) == (5, 3, 0)
+
+
+def test_leaving_and_rejoining_owes_nothing_from_the_time_outside(accounting, clock):
+    """A user who left a room (head known) is not owed what the room got before it came back."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    r.close_window("r1", 1)
+    r.open_window("r1", 9)
     r.deliver(msg(10))
     clock.now += 60
     accounting.expire()
     assert accounting.counts.lost == 0
+    assert r.gaps() == {}
 
 
 def test_history_fills_holes_as_recovered(accounting, clock):
@@ -263,3 +279,14 @@ def test_what_goes_to_locusts_table_is_what_the_histograms_gained_since_the_last
         accounting.record_operation("room.join", 0.009)
     assert [*accounting.take_unreported()["room.join"].items()] == [(pytest.approx(9, rel=1e-3), 6)]
     assert accounting.take_unreported() == {}
+
+
+def test_a_sequence_jumping_absurdly_far_is_refused_not_turned_into_holes(accounting):
+    """A push with seq 10^12 raises ImplausibleSequence and leaves the stream as it was, instead of a trillion holes."""
+    r = accounting.receiver()
+    r.open_window("r1", 0)
+    r.deliver(msg(1))
+    with pytest.raises(ImplausibleSequence, match="from 1 to 1000000000000"):
+        r.deliver(msg(10**12))
+    assert r.gaps() == {} and accounting.counts.delivered == 1
+    assert r.deliver(msg(2)) == "delivered"

@@ -258,12 +258,51 @@ class CallUpdate:
     by: str | None = None
 
 
+#: every kind of protocol error a backend can commit, as the summary and the metrics count them.
+#: Drivers find most (the frame is skipped, the connection goes on); the transport finds
+#: ``oversized``, ``bad_frame`` and ``truncated``, and a close reason that is not UTF-8, after
+#: which the connection cannot go on
+PROTOCOL_ERROR_KINDS: dict[str, str] = {
+    "bad_json": "a text frame that is not JSON",
+    "bad_xml": "a text frame that is not one well-formed XML element, or XML an XMPP stream must not carry",
+    "bad_utf8": "text that is not UTF-8: a text frame, or a close frame's reason (the connection fails with 1007)",
+    "binary": "a binary frame where the protocol has text",
+    "not_object": "JSON that is not an object",
+    "unknown_event": "an event, message or element the protocol does not have",
+    "unexpected_shape": "a known event with a field missing or of the wrong type",
+    "unmatched_reply": "an answer to no request in flight",
+    "oversized": "a message over the client's size limit: the connection fails with 1009",
+    "bad_frame": "a WebSocket frame breaking RFC 6455 (reserved bits, opcode, masking, fragments, close frame): "
+    "the connection fails with 1002",
+    "truncated": "the connection ended in the middle of a frame or of a fragmented message",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A frame from the backend that the driver could not make sense of."""
+    """A frame from the backend that the driver could not make sense of.
+
+    ``kind`` is one of :data:`PROTOCOL_ERROR_KINDS` (what the run counts); ``reason`` says
+    what exactly was wrong, for the log.
+    """
 
     reason: str
     frame: bytes = field(repr=False, default=b"")
+    kind: str = "unexpected_shape"
+
+
+#: the failure code of a request whose reply the driver could not read; the session counts
+#: such a reply as an ``unexpected_shape`` protocol error besides failing the request
+MALFORMED_REPLY = "malformed_reply"
+
+
+def unreadable(data: bytes, kind: str, reason: str) -> Malformed:
+    """A text frame its parser refused: ``bad_utf8`` when it is not UTF-8 at all, else ``kind`` (``bad_json`` …)."""
+    try:
+        data.decode()
+    except UnicodeDecodeError as exc:
+        return Malformed(f"not UTF-8: {exc.reason} at byte {exc.start}", data, "bad_utf8")
+    return Malformed(reason, data, kind)
 
 
 Event = Reply | Failure | Delivery | Receipt | SeatSnapshot | RoomEvent | Invitation | PkUpdate | CallUpdate | Malformed

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 
 from loadgen.drivers.base import (
+    MALFORMED_REPLY,
     Driver,
     Event,
     Failure,
@@ -46,6 +48,7 @@ from loadgen.drivers.base import (
     SeatResult,
     SeatSnapshot,
     Unsupported,
+    unreadable,
 )
 
 AUDIOBRIDGE = "janus.plugin.audiobridge"
@@ -166,6 +169,21 @@ def _read_display(display: object) -> dict:
     except orjson.JSONDecodeError:
         return {}
     return fields if isinstance(fields, dict) else {}
+
+
+def _janus_id(value: object) -> int:
+    """A session, handle or participant id Janus gave, which later requests carry back: a JSON integer."""
+    if type(value) is not int or not 0 <= value < 2**64:
+        raise ValueError(f"not an id Janus could give: {value!r}")
+    return value
+
+
+def _time(value: object) -> float:
+    """An actor's time from a display name: a finite number, or ValueError."""
+    when = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(when):
+        raise ValueError(f"a time of {value!r}")
+    return when
 
 
 def _data(reply: dict) -> dict:
@@ -299,7 +317,7 @@ class JanusDriver(Driver):
 
     def _login(self, user: str) -> Flow:
         reply = yield {"janus": "create"}
-        self.session_id = int(reply["data"]["id"])
+        self.session_id = _janus_id(reply["data"]["id"])
         # Janus tells no time: the local clock stands in, and clock sync is unsupported
         return LoginResult(user, 0, self.wall())
 
@@ -330,7 +348,7 @@ class JanusDriver(Driver):
                 AUDIOBRIDGE_NO_SUCH_ROOM,
                 AUDIOBRIDGE_ROOM_EXISTS,
             )
-            room.my_audio_id = int(audio["id"])
+            room.my_audio_id = _janus_id(audio["id"])
             room.audio = {int(p["id"]): (p.get("display", ""), bool(p.get("muted"))) for p in audio["participants"]}
             # the list leaves out the joiner, whose own mutes come as events like anyone's
             room.audio[room.my_audio_id] = (me, False)
@@ -451,7 +469,7 @@ class JanusDriver(Driver):
 
     def _attach(self, plugin: str, room: _Room, role: str) -> Generator[dict, dict, int]:
         reply = yield {"janus": "attach", "plugin": plugin}
-        handle = int(reply["data"]["id"])
+        handle = _janus_id(reply["data"]["id"])
         self._handles[handle] = (room, role)
         return handle
 
@@ -530,9 +548,14 @@ class JanusDriver(Driver):
 
     def receive(self, data: bytes, binary: bool) -> list[Event]:
         if binary:
-            return [Malformed("binary frame", data)]
+            return [Malformed("binary frame: the Janus API is JSON text", data, "binary")]
         try:
             message = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            return [unreadable(data, "bad_json", f"not JSON: {exc}")]
+        if type(message) is not dict:
+            return [Malformed(f"JSON {type(message).__name__}, not an object", data, "not_object")]
+        try:
             kind = message["janus"]
             transaction = message.get("transaction")
             step = self._waiting.get(transaction) if isinstance(transaction, str) else None
@@ -550,9 +573,9 @@ class JanusDriver(Driver):
                 return [Failure(None, f"janus_{error['code']}", str(error.get("reason", "")))]
             if kind in _IGNORED:
                 return []
-            return [Malformed(f"unknown Janus message {kind!r}", data)]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            return [Malformed(f"{type(exc).__name__}: {exc}", data)]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            return [Malformed(f"{type(exc).__name__}: {exc}", data, "unexpected_shape")]
+        return [Malformed(f"unknown Janus message {kind!r:.40}", data, "unknown_event")]
 
     def _advance(self, step: _Step, message: dict) -> list[Event]:
         """Hand a flow the answer it waited for; queue its next request or end it."""
@@ -579,9 +602,9 @@ class JanusDriver(Driver):
             return [Reply(request_id, done.value)]
         except _Refusal as exc:
             return [Failure(request_id, exc.code, exc.message)]
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # the operation must still end, or its caller would wait for the timeout
-            return [Failure(request_id, "malformed_reply", f"{type(exc).__name__}: {exc}")]
+            return [Failure(request_id, MALFORMED_REPLY, f"{type(exc).__name__}: {exc}")]
         self._outbox.append(self._encode(request, _Step(flow, request_id, request["janus"])))
         return []
 
@@ -631,9 +654,9 @@ class JanusDriver(Driver):
             fields = _read_display(data["display"])
             occupant = room.occupants.get(seat)
             if occupant is not None and fields.get("leave"):
-                occupant.left_at = float(fields["ts"])
+                occupant.left_at = _time(fields["ts"])
             elif "kick" in fields:
-                room.kicks[int(fields["kick"]) - 1] = (str(fields.get("u")), float(fields["ts"]))
+                room.kicks[int(fields["kick"]) - 1] = (str(fields.get("u")), _time(fields["ts"]))
         for key, kind in (("leaving", "leave"), ("kicked", "kick")):
             if isinstance(data.get(key), int):
                 self._seat_left(room, data[key] - 1, kind, out)
@@ -650,7 +673,7 @@ class JanusDriver(Driver):
         room.kicks.pop(seat, None)
         if out is not None:
             ts = fields.get("ts")
-            change = None if ts is None else SeatChange("take", seat, user, user, float(ts))
+            change = None if ts is None else SeatChange("take", seat, user, user, _time(ts))
             self._changed(room, change, out)
 
     def _seat_left(self, room: _Room, seat: int, kind: str, out: list[Event]) -> None:
@@ -680,7 +703,7 @@ class JanusDriver(Driver):
             if before is None or before[0] != display:
                 fields = _read_display(display)
                 if "mute" in fields:
-                    room.mutes[int(fields["mute"])] = (str(fields.get("u")), float(fields["ts"]))
+                    room.mutes[int(fields["mute"])] = (str(fields.get("u")), _time(fields["ts"]))
             if before is not None and before[1] != muted:
                 self._mute_changed(room, audio_id, muted, out)
         if isinstance(data.get("leaving"), int):

@@ -8,6 +8,7 @@ import orjson
 
 from loadgen.drivers.base import (
     INBOX,
+    MALFORMED_REPLY,
     CallUpdate,
     ClockResult,
     Delivery,
@@ -33,43 +34,131 @@ from loadgen.drivers.base import (
     SeatResult,
     SeatSnapshot,
     SendResult,
+    unreadable,
 )
+
+# A backend's frame is checked field by field as it is decoded: a value of the wrong type
+# (a sequence number that is a string, a seat list that is an object) would otherwise travel
+# into the accounting and fail there, far from the frame. ``float`` fields take integers too;
+# no number field takes a boolean.
+
+_NUMBER = (int, float)
+
+
+class _Shape(TypeError):
+    """A field of a frame missing or of the wrong type."""
+
+
+def _wrong(frame: dict, key: str, wanted: str) -> _Shape:
+    if key not in frame:
+        return _Shape(f"field {key!r} is missing")
+    return _Shape(f"field {key!r} should be {wanted}, not {type(frame[key]).__name__}")
+
+
+def _str(frame: dict, key: str) -> str:
+    value = frame.get(key)
+    if type(value) is not str:
+        raise _wrong(frame, key, "a string")
+    return value
+
+
+def _int(frame: dict, key: str, default: int | None = None) -> int:
+    value = frame.get(key, default)
+    if type(value) is not int:
+        raise _wrong(frame, key, "an integer")
+    return value
+
+
+def _number(frame: dict, key: str) -> float:
+    value = frame.get(key)
+    if type(value) not in _NUMBER:
+        raise _wrong(frame, key, "a number")
+    return value
+
+
+def _bool(frame: dict, key: str) -> bool:
+    value = frame.get(key, False)
+    if type(value) is not bool:
+        raise _wrong(frame, key, "a boolean")
+    return value
+
+
+def _optional_str(frame: dict, key: str) -> str | None:
+    value = frame.get(key)
+    if value is not None and type(value) is not str:
+        raise _wrong(frame, key, "a string or null")
+    return value
+
+
+def _optional_int(frame: dict, key: str) -> int | None:
+    value = frame.get(key)
+    if value is not None and type(value) is not int:
+        raise _wrong(frame, key, "an integer or null")
+    return value
+
+
+def _object(frame: dict, key: str) -> dict:
+    value = frame.get(key)
+    if type(value) is not dict:
+        raise _wrong(frame, key, "an object")
+    return value
+
+
+def _list(frame: dict, key: str) -> list:
+    value = frame.get(key)
+    if type(value) is not list:
+        raise _wrong(frame, key, "an array")
+    return value
 
 
 def _login(ack: dict) -> LoginResult:
-    return LoginResult(ack["user"], ack["inbox_head"], ack["server_time"])
+    return LoginResult(_str(ack, "user"), _int(ack, "inbox_head"), _number(ack, "server_time"))
 
 
 def _join(ack: dict) -> JoinResult:
+    room = _str(ack, "room")
     state = ack.get("state")
     return JoinResult(
-        ack["room"],
-        ack["head"],
-        ack.get("members", 0),
-        ack.get("host"),
-        None if state is None else _seats(state, ack["room"]),
-        bool(ack.get("live", False)),
+        room,
+        _int(ack, "head"),
+        _int(ack, "members", 0),
+        _optional_str(ack, "host"),
+        None if state is None else _seats(_object(ack, "state"), room),
+        _bool(ack, "live"),
     )
+
+
+def _seat(entry: object) -> Seat:
+    if type(entry) is not dict:
+        raise _Shape(f"a seat should be an object, not {type(entry).__name__}")
+    return Seat(_int(entry, "n"), _optional_str(entry, "user"), _bool(entry, "muted"), _bool(entry, "locked"))
 
 
 def _seats(frame: dict, room: str | None = None) -> SeatSnapshot:
     change = frame.get("change")
+    if change is not None:
+        change = _object(frame, "change")
+        change = SeatChange(
+            _str(change, "kind"),
+            _int(change, "seat"),
+            _optional_str(change, "user"),
+            _optional_str(change, "by"),
+            _number(change, "ts"),
+        )
     return SeatSnapshot(
-        room or frame["room"],
-        frame["version"],
-        tuple(Seat(s["n"], s["user"], s.get("muted", False), s.get("locked", False)) for s in frame["seats"]),
-        None
-        if change is None
-        else SeatChange(change["kind"], change["seat"], change.get("user"), change.get("by"), change["ts"]),
+        room or _str(frame, "room"),
+        _int(frame, "version"),
+        tuple(_seat(entry) for entry in _list(frame, "seats")),
+        change,
     )
 
 
 def _seat_result(ack: dict) -> SeatResult:
-    return SeatResult(ack["room"], ack["seat"], ack.get("version"))
+    return SeatResult(_str(ack, "room"), _int(ack, "seat"), _optional_int(ack, "version"))
 
 
 def _done(ack: dict) -> Done:
-    return Done(ack.get("room"), ack.get("pk"), ack.get("call"))
+    return Done(_optional_str(ack, "room"), _optional_str(ack, "pk"), _optional_str(ack, "call"))
 
 
 _ECHOED = Done()
@@ -80,59 +169,106 @@ def _echoed(ack: dict) -> Done:
 
 
 def _leave(ack: dict) -> LeaveResult:
-    return LeaveResult(ack["room"], ack["head"])
+    return LeaveResult(_str(ack, "room"), _int(ack, "head"))
 
 
 def _send(ack: dict) -> SendResult:
-    return SendResult(ack["room"], ack["seq"], ack["server_ts"])
+    return SendResult(_str(ack, "room"), _int(ack, "seq"), _number(ack, "server_ts"))
 
 
 def _direct(ack: dict) -> SendResult:
-    return SendResult(INBOX, ack["seq"], ack["server_ts"], ack.get("online", True))
+    online = ack.get("online", True)
+    if type(online) is not bool:
+        raise _wrong(ack, "online", "a boolean")
+    return SendResult(INBOX, _int(ack, "seq"), _number(ack, "server_ts"), online)
 
 
 def _read(ack: dict) -> ReadResult:
-    return ReadResult(ack["room"], ack["seq"])
+    return ReadResult(_str(ack, "room"), _int(ack, "seq"))
 
 
 def _history(ack: dict) -> HistoryResult:
-    stream = INBOX if ack.get("inbox") else ack["room"]
-    return HistoryResult(stream, ack["head"], tuple(_delivery(m) for m in ack["messages"]))
+    stream = INBOX if ack.get("inbox") else _str(ack, "room")
+    deliveries = []
+    for message in _list(ack, "messages"):
+        if type(message) is not dict:
+            raise _Shape(f"a history message should be an object, not {type(message).__name__}")
+        deliveries.append(_delivery(message))
+    return HistoryResult(stream, _int(ack, "head"), tuple(deliveries))
 
 
 def _clock(ack: dict) -> ClockResult:
-    return ClockResult(ack["t0"], ack["server_time"])
+    return ClockResult(_number(ack, "t0"), _number(ack, "server_time"))
 
 
 def _logout(ack: dict) -> LogoutResult:
-    return LogoutResult(dict(ack["heads"]), ack["inbox_head"])
+    heads = _object(ack, "heads")
+    for room, head in heads.items():
+        if type(head) is not int:
+            raise _Shape(f"the head of room {room!r} should be an integer, not {type(head).__name__}")
+    return LogoutResult(dict(heads), _int(ack, "inbox_head"))
+
+
+def _actor(frame: dict) -> str | None:
+    return _optional_str(frame, "from") if "from" in frame else _optional_str(frame, "by")
+
+
+#: fields the scenarios read from a room event or invitation, by its name, and their types
+_EVENT_FIELDS: dict[str, tuple[tuple[str, type, bool], ...]] = {
+    "gift": (("count", int, False), ("value", int, False)),
+    "seat_invite": (("seat", int, True),),
+    "pk_invite": (("pk", str, True),),
+}
+
+
+def _event_fields(frame: dict, kind: str) -> dict:
+    for key, wanted, required in _EVENT_FIELDS.get(kind, ()):
+        if (required or key in frame) and type(frame.get(key)) is not wanted:
+            raise _wrong(frame, key, "an integer" if wanted is int else "a string")
+    return {k: v for k, v in frame.items() if k not in ("ev", "room", "from", "by", "ts")}
 
 
 def _room_event(frame: dict) -> RoomEvent:
     kind = frame["ev"]
-    fields = {k: v for k, v in frame.items() if k not in ("ev", "room", "from", "by", "ts")}
-    return RoomEvent(kind, frame["room"], frame.get("from", frame.get("by")), frame["ts"], fields)
+    return RoomEvent(kind, _str(frame, "room"), _actor(frame), _number(frame, "ts"), _event_fields(frame, kind))
 
 
 def _invitation(frame: dict) -> Invitation:
-    fields = {k: v for k, v in frame.items() if k not in ("ev", "room", "from", "by", "ts")}
-    return Invitation(frame["ev"], frame["room"], frame.get("from", frame.get("by")), frame["ts"], fields)
+    kind = frame["ev"]
+    return Invitation(kind, _str(frame, "room"), _actor(frame), _number(frame, "ts"), _event_fields(frame, kind))
 
 
 def _pk(frame: dict) -> PkUpdate:
+    rooms = _list(frame, "rooms")
+    if any(type(room) is not str for room in rooms):
+        raise _Shape("field 'rooms' should hold strings only")
+    scores = _object(frame, "scores")
+    if any(type(score) is not int for score in scores.values()):
+        raise _Shape("field 'scores' should hold integers only")
     return PkUpdate(
-        frame["pk"],
-        frame["state"],
-        tuple(frame["rooms"]),
-        frame["scores"],
-        frame.get("version", 0),
-        frame["ts"],
-        frame.get("winner"),
+        _str(frame, "pk"),
+        _str(frame, "state"),
+        tuple(rooms),
+        scores,
+        _int(frame, "version", 0),
+        _number(frame, "ts"),
+        _optional_str(frame, "winner"),
     )
 
 
 def _call(frame: dict) -> CallUpdate:
-    return CallUpdate(frame["call"], frame["state"], frame["from"], frame["to"], frame["ts"], frame.get("by"))
+    return CallUpdate(
+        _str(frame, "call"),
+        _str(frame, "state"),
+        _str(frame, "from"),
+        _str(frame, "to"),
+        _number(frame, "ts"),
+        _optional_str(frame, "by"),
+    )
+
+
+def _receipt(frame: dict) -> Receipt:
+    return Receipt(_str(frame, "room"), _int(frame, "seq"), _str(frame, "reader"))
 
 
 #: push event name -> decoder, for everything but messages and replies
@@ -177,17 +313,26 @@ _CALL_OPS = ("call.invite", "call.accept", "call.reject", "call.hangup")
 
 
 def _delivery(frame: dict) -> Delivery:
-    direct = frame["ev"] == "dm"
-    return Delivery(
-        INBOX if direct else frame["room"],
-        frame["seq"],
-        frame["from"],
-        frame["cseq"],
-        frame["ts"],
-        frame["server_ts"],
-        frame.get("body", ""),
-        direct,
-    )
+    direct = frame.get("ev") == "dm"
+    stream = INBOX if direct else frame.get("room")
+    seq, sender, cseq = frame.get("seq"), frame.get("from"), frame.get("cseq")
+    sent_at, server_ts, body = frame.get("ts"), frame.get("server_ts"), frame.get("body", "")
+    # one test for the message every member gets, then one per field to say which was wrong
+    if not (
+        type(seq) is int
+        and type(cseq) is int
+        and type(stream) is str
+        and type(sender) is str
+        and type(body) is str
+        and type(sent_at) in _NUMBER
+        and type(server_ts) in _NUMBER
+    ):
+        for key, check in (("seq", _int), ("cseq", _int), ("from", _str), ("ts", _number), ("server_ts", _number)):
+            check(frame, key)
+        if not direct:
+            _str(frame, "room")
+        raise _wrong(frame, "body", "a string")
+    return Delivery(stream, seq, sender, cseq, sent_at, server_ts, body, direct)
 
 
 class ReferenceDriver(Driver):
@@ -262,31 +407,47 @@ class ReferenceDriver(Driver):
 
     def receive(self, data: bytes, binary: bool) -> list[Event]:
         if binary:
-            return [Malformed("binary frame", data)]
+            return [Malformed("binary frame: the reference protocol is JSON text", data, "binary")]
         try:
             frame = orjson.loads(data)
-            kind = frame["ev"]
+        except orjson.JSONDecodeError as exc:
+            return [unreadable(data, "bad_json", f"not JSON: {exc}")]
+        if type(frame) is not dict:
+            return [Malformed(f"JSON {type(frame).__name__}, not an object", data, "not_object")]
+        kind = frame.get("ev")
+        try:
             if kind == "msg" or kind == "dm":
                 return [_delivery(frame)]
             if kind == "ack":
-                request_id = frame["re"]
-                parse = self._pending.pop(request_id, None)
-                if parse is None:
-                    return [Malformed(f"ack for unknown request {request_id!r}", data)]
-                try:
-                    return [Reply(request_id, parse(frame))]
-                except (KeyError, TypeError, ValueError) as exc:
-                    # the request must still end, or its caller would wait for the timeout
-                    return [Failure(request_id, "malformed_reply", f"{type(exc).__name__}: {exc}")]
+                return self._ack(frame, data)
             if kind == "error":
-                request_id = frame.get("re")
+                request_id, message = _optional_int(frame, "re"), frame.get("message", "")
+                if type(message) is not str:
+                    raise _wrong(frame, "message", "a string")
+                code = _str(frame, "code")
+                if not code:
+                    raise _Shape("field 'code' is empty")
+                failure = Failure(request_id, code, message)
                 self._pending.pop(request_id, None)
-                return [Failure(request_id, frame["code"], frame.get("message", ""))]
+                return [failure]
+            if type(kind) is not str:
+                raise _wrong(frame, "ev", "a string")
             push = _PUSHES.get(kind)
             if push is not None:
                 return [push(frame)]
             if kind == "receipt":
-                return [Receipt(frame["room"], frame["seq"], frame["reader"])]
-            return [Malformed(f"unknown event {kind!r}", data)]
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            return [Malformed(f"{type(exc).__name__}: {exc}", data)]
+                return [_receipt(frame)]
+        except (KeyError, TypeError, ValueError) as exc:
+            return [Malformed(f"event {kind!r:.40}: {exc}", data, "unexpected_shape")]
+        return [Malformed(f"unknown event {kind!r}", data, "unknown_event")]
+
+    def _ack(self, frame: dict, data: bytes) -> list[Event]:
+        request_id = frame.get("re")
+        parse = self._pending.pop(request_id, None) if type(request_id) is int else None
+        if parse is None:
+            return [Malformed(f"ack for no request in flight: {request_id!r}", data, "unmatched_reply")]
+        try:
+            return [Reply(request_id, parse(frame))]
+        except (KeyError, TypeError, ValueError) as exc:
+            # the request must still end, or its caller would wait for the timeout
+            return [Failure(request_id, MALFORMED_REPLY, f"ack of request {request_id}: {exc}")]

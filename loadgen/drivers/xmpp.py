@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import functools
 import itertools
+import math
 import re
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from xml.sax.saxutils import escape
 
 from loadgen.drivers.base import (
     INBOX,
+    MALFORMED_REPLY,
     SENDER_SEPARATOR,
     Delivery,
     Driver,
@@ -60,6 +62,7 @@ from loadgen.drivers.base import (
     SendResult,
     Unsupported,
     sender_stream,
+    unreadable,
 )
 from loadgen.errors import ConfigError
 
@@ -99,6 +102,10 @@ ARCHIVE_CLOCK_SLACK = 10.0
 
 class Refused(ValueError):
     """XML that an XMPP stream must never carry (RFC 6120 §11.1)."""
+
+
+class _Unmatched(ValueError):
+    """An answer to nothing this stream asked, or asked for a login no longer under way."""
 
 
 def _refuse(what: str) -> Callable[..., None]:
@@ -159,7 +166,11 @@ def _stanza_error(stanza: Element) -> tuple[str, str]:
 
 def _timestamp(stamp: str) -> float:
     """An XEP-0082 date-time as Unix seconds."""
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except (OverflowError, OSError) as exc:
+        # a date the platform's time functions cannot place (year 1 in a zone east of UTC …)
+        raise ValueError(f"date-time {stamp!r} out of range: {exc}") from exc
 
 
 # -- XML out ----------------------------------------------------------------------------
@@ -446,18 +457,28 @@ class XmppDriver(Driver):
 
     def receive(self, data: bytes, binary: bool) -> list[Event]:
         if binary:
-            return [Malformed("binary frame: XMPP over WebSocket is text", data)]
+            return [Malformed("binary frame: XMPP over WebSocket is text", data, "binary")]
         try:
             element = parse(data)
-        except (expat.ExpatError, Refused) as exc:
-            return [Malformed(f"not one XMPP element: {exc}", data)]
+        except Refused as exc:
+            return [Malformed(str(exc), data, "bad_xml")]
+        except expat.ExpatError as exc:
+            return [unreadable(data, "bad_xml", f"not one XML element: {exc}")]
         handler = self._handlers.get(element.tag)
         if handler is None:
-            return [Malformed(f"unexpected element {element.tag}", data)]
+            return [Malformed(f"unexpected element {element.tag}", data, "unknown_event")]
         try:
             return handler(element)
+        except _Unmatched as exc:
+            return [Malformed(str(exc), data, "unmatched_reply")]
         except (KeyError, TypeError, ValueError) as exc:
-            return [Malformed(f"{type(exc).__name__}: {exc}", data)]
+            return [Malformed(f"{element.tag}: {type(exc).__name__}: {exc}", data, "unexpected_shape")]
+
+    def _login_under_way(self) -> tuple[int, str]:
+        """The login's request id and password; an answer of the login chain after it ended is unmatched."""
+        if self._login is None:
+            raise _Unmatched("an answer of the login chain, with no login under way")
+        return self._login
 
     def _fail(self, request_id: int, code: str, message: str) -> list[Event]:
         if self._login is not None and self._login[0] == request_id:
@@ -502,12 +523,11 @@ class XmppDriver(Driver):
         if condition == "conflict":
             # registered on an earlier connection or run: the token is still its password
             return self._authenticate()
-        assert self._login is not None
-        return self._fail(self._login[0], "register_failed", f"{condition}: {text}" if text else condition)
+        request_id, _ = self._login_under_way()
+        return self._fail(request_id, "register_failed", f"{condition}: {text}" if text else condition)
 
     def _authenticate(self) -> list[Event]:
-        assert self._login is not None
-        request_id, password = self._login
+        request_id, password = self._login_under_way()
         mechanism = "ANONYMOUS" if self.auth == "anonymous" else "PLAIN"
         if mechanism not in self._mechanisms:
             offered = ", ".join(sorted(self._mechanisms)) or "none"
@@ -537,10 +557,10 @@ class XmppDriver(Driver):
         jid = result.findtext(f"{_q(NS_BIND, 'bind')}/{_q(NS_BIND, 'jid')}")
         if not jid:
             raise ValueError("bind result without a JID")
-        assert self._login is not None
+        request_id, _ = self._login_under_way()
         self.jid = jid.strip()
         _, stanza_id = self._next()
-        self._presences[stanza_id] = (self._login[0], LoginResult(self.user or "", 0, 0.0))
+        self._presences[stanza_id] = (request_id, LoginResult(self.user or "", 0, 0.0))
         # only an available resource gets chat messages addressed to the bare JID
         self._outbox.append(f"<presence xmlns='{NS_CLIENT}' id='{stanza_id}'/>".encode())
         return []
@@ -561,7 +581,7 @@ class XmppDriver(Driver):
         stanza_id = iq.get("id", "")
         sent = self._iqs.pop(stanza_id, None)
         if sent is None:
-            raise ValueError(f"answer to no iq of ours ({stanza_id!r})")
+            raise _Unmatched(f"answer to no iq of ours ({stanza_id!r})")
         try:
             if kind != "error":
                 return sent.on_result(iq)
@@ -569,10 +589,12 @@ class XmppDriver(Driver):
                 return sent.on_error(iq)
             self._queries.pop(stanza_id, None)
             return self._fail(sent.request_id, *_stanza_error(iq))
+        except _Unmatched:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
             # the request must still end, or its caller would wait for the timeout
             self._queries.pop(stanza_id, None)
-            return self._fail(sent.request_id, "malformed_reply", f"{type(exc).__name__}: {exc}")
+            return self._fail(sent.request_id, MALFORMED_REPLY, f"{type(exc).__name__}: {exc}")
 
     def _answer(self, iq: Element) -> None:
         """Every get or set must be answered (RFC 6120 §8.2.3): pings, and a refusal for the rest."""
@@ -676,7 +698,10 @@ class XmppDriver(Driver):
         cseq, sent_at = stamp.get("cseq"), stamp.get("ts")
         if cseq is None or sent_at is None:
             raise ValueError("stamp without cseq or ts")
-        return int(cseq), float(sent_at)
+        when = float(sent_at)
+        if not math.isfinite(when):
+            raise ValueError(f"stamp with a time of {sent_at!r}")
+        return int(cseq), when
 
     def _receipt(self, message: Element, received: Element) -> Receipt:
         prefix, _, rest = received.get("id", "").partition(".")

@@ -25,6 +25,7 @@ import gevent
 from gevent.event import Event
 from locust import User, constant, task
 
+from loadgen import reconnects
 from loadgen.drivers.base import (
     CallUpdate,
     Delivery,
@@ -40,8 +41,9 @@ from loadgen.drivers.base import (
 from loadgen.drivers.reference import ReferenceDriver
 from loadgen.rooms import RoomView
 from loadgen.run import RunContext
+from loadgen.scenarios.network import UserNetwork
 from loadgen.session import OperationFailed, Session
-from loadgen.transport import TransportError
+from loadgen.transport import ConnectError, TransportError
 
 log = logging.getLogger("loadgen.scenarios")
 
@@ -102,8 +104,18 @@ class RealtimeUser(User):
         self.hot = False
         self._reactions: deque[Callable[[], None]] = deque()
         self._wake = Event()
+        #: while offline (an elevator, a tunnel) every try to reconnect fails without touching the network
+        self.offline_until = 0.0
+        #: when the connection was lost (monotonic), until the user is back; tries made since
+        self._lost_at: float | None = None
+        self._tries = 0
+        self._was_connected = False
+        #: the next try to come back skips the policy's wait (after a handover)
+        self._back_at_once = False
         self.log = log.getChild(self.user_id)
         self.run_context.users.add(self)
+        #: the user's emulated network (loadgen/scenarios/network.py); None when the run emulates none
+        self.network = UserNetwork.of(self)
 
     # -- what subclasses provide ------------------------------------------------------
 
@@ -154,7 +166,31 @@ class RealtimeUser(User):
             self.run_context.sessions.discard(session)
             session.close()
 
-    def open_session(self) -> None:
+    @property
+    def connected(self) -> bool:
+        session = self.session
+        return session is not None and session.alive and not session.logged_out
+
+    def drop_connection(self, at_once: bool = False) -> None:
+        """Lose the connection as a dead network link would (no logout, no close frame).
+
+        Done in the user's own greenlet, between operations, so no request of ours is cut
+        half-way: what the backend sees is a client that vanished, and the user comes back
+        by the reconnect policy; ``at_once`` makes the first try without its wait, as a
+        client handed over to another network does.
+        """
+
+        def drop() -> None:
+            session = self.session
+            if session is not None and session.alive:
+                self._lost_at = time.monotonic()
+                self._back_at_once = at_once
+                session.abort()
+
+        self.react(drop)
+
+    def open_session(self) -> int:
+        """Connect, log in, enter the rooms and catch up; returns how many messages history gave back."""
         run = self.run_context
         session = Session(
             run.transport_url,
@@ -175,15 +211,19 @@ class RealtimeUser(User):
         run.opening += 1
         try:
             session.connect()
+            if self.network is not None:
+                self.network.connected(session)
             run.sessions.add(session)
             session.login(self.user_id, self.token())
             for room in self.rooms:
                 self.enter(session, room)
-            session.recover()
+            recovered = session.recover()
         finally:
             run.opening -= 1
+        self._was_connected = True
+        return recovered
 
-    def reconnect(self, voluntary: bool) -> None:
+    def reconnect(self, voluntary: bool) -> int:
         """Leave cleanly (or find the connection gone), connect again, catch up from history."""
         old = self.session
         run = self.run_context
@@ -197,7 +237,7 @@ class RealtimeUser(User):
                     pass
                 old.close()
         run.connections["reconnects"] += 1
-        self.open_session()
+        return self.open_session()
 
     def _linger(self) -> None:
         """After logout, give messages already on the wire a moment to land before closing."""
@@ -221,10 +261,12 @@ class RealtimeUser(User):
                 continue
             session = self.session
             if session is None or not session.alive:
-                self._recover_connection()
+                self._come_back()
                 continue
-            while self._reactions:
+            while self._reactions and session.alive:
                 self._attempt(self._reactions.popleft())
+            if not session.alive:
+                continue
             if storms != run.storms_active():
                 # a storm began or ended: rates changed, and a Poisson process may start afresh
                 storms = run.storms_active()
@@ -247,17 +289,41 @@ class RealtimeUser(User):
             # reported by the session already; a broken connection is mended next turn
             pass
 
-    def _recover_connection(self) -> None:
+    def _come_back(self) -> None:
+        """One try to reconnect, after the wait the reconnect policy sets for it."""
+        run = self.run_context
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self._tries += 1
+        at_once, self._back_at_once = self._back_at_once, False
+        gevent.sleep(0.0 if at_once else reconnects.delay(run.reconnect_policy, self._tries, self.rng))
+        if run.draining:
+            return
+        # a user that never got in is still starting, not reconnecting: its tries are not counted
+        counted = run.reconnects if self._was_connected else None
+        if time.monotonic() < self.offline_until:
+            if counted is not None:
+                counted.attempted(self.user_id, "offline")
+            return
         try:
-            self.reconnect(voluntary=False)
-        except (TransportError, OperationFailed):
-            gevent.sleep(1.0 + self.rng.random())
+            recovered = self.reconnect(voluntary=False)
+        except (TransportError, OperationFailed) as exc:
+            if counted is not None:
+                counted.attempted(self.user_id, _failure_kind(exc))
+            return
+        if counted is not None:
+            counted.attempted(self.user_id, None)
+            counted.returned(self.user_id, time.monotonic() - self._lost_at, recovered)
+        self._lost_at = None
+        self._tries = 0
 
     # -- pushes, in the reader greenlet -----------------------------------------------
 
     def _on_delivery(self, delivery: Delivery, outcome: str) -> None:
         if not delivery.direct and outcome != "duplicate":
             self.unread.append((delivery.stream, delivery.seq))
+        if self.network is not None:
+            self.network.delivered(delivery, outcome)
 
     def _on_receipt(self, receipt: Receipt) -> None:
         self.run_context.receipts += 1
@@ -288,13 +354,23 @@ class RealtimeUser(User):
 
     def _on_closed(self, code: int | None) -> None:
         self.run_context.close_codes[code if code is not None else 1006] += 1
+        # the schedule may be asleep until its next activity: it has a connection to mend first
+        self._wake.set()
 
     def _on_dropped(self) -> None:
         self.run_context.connections["dropped"] += 1
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
 
     def _on_malformed(self, event: Malformed) -> None:
-        self.run_context.malformed += 1
-        self.run_context.fire("WS", "frame.malformed", None, ValueError(event.reason))
+        self.run_context.protocol_error(event.kind, event.reason)
+
+
+def _failure_kind(exc: Exception) -> str:
+    """A failed try's reason in a few words, a label that stays small."""
+    if isinstance(exc, OperationFailed):
+        return f"{exc.operation}: {exc.code}"
+    return "connect" if isinstance(exc, ConnectError) else "connection lost"
 
 
 class Post(Activity):
@@ -316,7 +392,10 @@ class Post(Activity):
             return
         accounting = user.run_context.accounting
         lag = time.time() - intended
-        self.post(user.session, target, self.body, intended + accounting.clock_offset)
+        sent_at = intended + accounting.clock_offset
+        if user.network is not None:
+            user.network.sending(sent_at)
+        self.post(user.session, target, self.body, sent_at)
         accounting.record_sent(lag)
 
 

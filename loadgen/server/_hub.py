@@ -175,7 +175,8 @@ class Stream:
         history = self.history
         if not history:
             return []
-        start = max(0, since + 1 - history[0][0])
+        # clamped: islice takes no index past sys.maxsize, and a client may ask for any 64-bit "since"
+        start = min(max(0, since + 1 - history[0][0]), len(history))
         return [orjson.Fragment(frame) for _, _, frame in itertools.islice(history, start, start + limit)]
 
 
