@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, SERVER_CORE, cpu_seconds, pin, raise_open_files_limit, run_pinned, stop, wait_for_port
+from common import cpu_seconds, raise_open_files_limit, run_pinned, start_backend, stop
 
 MEMBERS = 1000
 SENDERS_PER_ROOM = 3
@@ -56,22 +55,6 @@ def capacity(room_sizes: list[int], seconds: float, workdir: Path) -> list[dict]
             stop(backend)
         rows.append({"room_size": room_size, **result})
     return rows
-
-
-def start_backend(workdir: Path) -> tuple[subprocess.Popen, str]:
-    port_file = workdir / "backend-port"
-    port_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "loadgen.server", "--port", "0", "--port-file", str(port_file)]
-    command += ["--log-level", "WARNING"]
-    with open(workdir / "backend.log", "ab") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        pin(process.pid, SERVER_CORE)
-        port = wait_for_port(process, port_file)
-    except BaseException:
-        stop(process)
-        raise
-    return process, f"ws://127.0.0.1:{port}/"
 
 
 def run_child(url: str, server_pid: int, room_size: int, rooms: int, seconds: float, workdir: Path) -> dict:

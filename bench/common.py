@@ -121,6 +121,23 @@ def start_echo_server(workdir: Path, core: int = SERVER_CORE) -> tuple[subproces
     return process, f"ws://127.0.0.1:{wait_for_port(process, port_file)}/"
 
 
+def start_backend(workdir: Path, name: str = "backend", *flags: str) -> tuple[subprocess.Popen, str]:
+    """The reference backend with ``flags``, pinned to the server core, its log in ``workdir/name.log``."""
+    port_file = workdir / f"{name}-port"
+    port_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "loadgen.server", "--port", "0", "--port-file", str(port_file),
+               "--log-level", "WARNING", *flags]  # fmt: skip
+    with open(workdir / f"{name}.log", "ab") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        pin(process.pid, SERVER_CORE)
+        port = wait_for_port(process, port_file)
+    except BaseException:
+        stop(process)
+        raise
+    return process, f"ws://127.0.0.1:{port}/"
+
+
 def wait_for_port(process: subprocess.Popen, port_file: Path, seconds: float = 30) -> int:
     deadline = time.monotonic() + seconds
     while not port_file.exists() or not port_file.read_text().strip():

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CLIENT_CORE, ROOT, SERVER_CORE, pin, raise_open_files_limit, stop, wait_for_port
+from common import CLIENT_CORE, pin, raise_open_files_limit, start_backend, stop
 
 USERS = 300
 PROFILE = """\
@@ -110,27 +110,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_backend(workdir: Path) -> tuple[subprocess.Popen, str, int]:
-    """The reference backend on the server core, with its Prometheus endpoint."""
-    port_file = workdir / "soak-backend-port"
-    port_file.unlink(missing_ok=True)
-    metrics_port = free_port()
-    command = [sys.executable, "-m", "loadgen.server", "--port", "0", "--port-file", str(port_file),
-               "--metrics-port", str(metrics_port), "--log-level", "WARNING"]  # fmt: skip
-    with open(workdir / "soak-backend.log", "ab") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        pin(process.pid, SERVER_CORE)
-        port = wait_for_port(process, port_file)
-    except BaseException:
-        stop(process)
-        raise
-    return process, f"ws://127.0.0.1:{port}", metrics_port
-
-
 def run_generator(messages: int, warmup: float, workdir: Path, trace: bool) -> tuple[dict, list | None]:
     """One Locust run to ``messages`` deliveries on a fresh backend: its summary, and the trace when asked."""
-    backend, url, metrics_port = start_backend(workdir)
+    metrics_port = free_port()
+    backend, url = start_backend(workdir, "soak-backend", "--metrics-port", str(metrics_port))
     name = "trace" if trace else "soak"
     locustfile = workdir / "soak_locustfile.py"
     locustfile.write_text(LOCUSTFILE)

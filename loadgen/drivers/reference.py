@@ -55,60 +55,43 @@ def _wrong(frame: dict, key: str, wanted: str) -> _Shape:
     return _Shape(f"field {key!r} should be {wanted}, not {type(frame[key]).__name__}")
 
 
-def _str(frame: dict, key: str) -> str:
-    value = frame.get(key)
-    if type(value) is not str:
-        raise _wrong(frame, key, "a string")
+def _typed(frame: dict, key: str, kinds: tuple[type, ...], wanted: str, default: object = None):
+    value = frame.get(key, default)
+    if type(value) not in kinds:
+        raise _wrong(frame, key, wanted)
     return value
+
+
+def _str(frame: dict, key: str) -> str:
+    return _typed(frame, key, (str,), "a string")
 
 
 def _int(frame: dict, key: str, default: int | None = None) -> int:
-    value = frame.get(key, default)
-    if type(value) is not int:
-        raise _wrong(frame, key, "an integer")
-    return value
+    return _typed(frame, key, (int,), "an integer", default)
 
 
 def _number(frame: dict, key: str) -> float:
-    value = frame.get(key)
-    if type(value) not in _NUMBER:
-        raise _wrong(frame, key, "a number")
-    return value
+    return _typed(frame, key, _NUMBER, "a number")
 
 
 def _bool(frame: dict, key: str) -> bool:
-    value = frame.get(key, False)
-    if type(value) is not bool:
-        raise _wrong(frame, key, "a boolean")
-    return value
+    return _typed(frame, key, (bool,), "a boolean", False)
 
 
 def _optional_str(frame: dict, key: str) -> str | None:
-    value = frame.get(key)
-    if value is not None and type(value) is not str:
-        raise _wrong(frame, key, "a string or null")
-    return value
+    return _typed(frame, key, (str, type(None)), "a string or null")
 
 
 def _optional_int(frame: dict, key: str) -> int | None:
-    value = frame.get(key)
-    if value is not None and type(value) is not int:
-        raise _wrong(frame, key, "an integer or null")
-    return value
+    return _typed(frame, key, (int, type(None)), "an integer or null")
 
 
 def _object(frame: dict, key: str) -> dict:
-    value = frame.get(key)
-    if type(value) is not dict:
-        raise _wrong(frame, key, "an object")
-    return value
+    return _typed(frame, key, (dict,), "an object")
 
 
 def _list(frame: dict, key: str) -> list:
-    value = frame.get(key)
-    if type(value) is not list:
-        raise _wrong(frame, key, "an array")
-    return value
+    return _typed(frame, key, (list,), "an array")
 
 
 def _login(ack: dict) -> LoginResult:

@@ -23,6 +23,7 @@ from loadgen.drivers.reference import ReferenceDriver
 from loadgen.session import Session
 from loadgen.transport import TransportError
 from tests.support import Cluster
+from tests.transport.peer import server_frame
 
 STABLE = """
 messaging:
@@ -120,25 +121,15 @@ def test_frames_over_the_clients_limit_end_their_connection_and_are_counted_as_o
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def _frame(opcode: int, payload: bytes, first: int | None = None) -> bytes:
-    head = bytes((0x80 | opcode if first is None else first,))
-    length = len(payload)
-    if length < 126:
-        return head + bytes((length,)) + payload
-    if length < 65536:
-        return head + bytes((126,)) + struct.pack("!H", length) + payload
-    return head + bytes((127,)) + struct.pack("!Q", length) + payload
-
-
 #: what the server sends after a good frame, and the kind a client must count it as
 RAW_FAULTS = {
-    "reserved_bits": (_frame(1, b"{}", first=0xC1), "bad_frame"),
-    "unknown_opcode": (_frame(3, b"x"), "bad_frame"),
+    "reserved_bits": (server_frame(1, b"{}", first=0xC1), "bad_frame"),
+    "unknown_opcode": (server_frame(3, b"x"), "bad_frame"),
     "masked": (b"\x81\x82abcd" + bytes(a ^ b for a, b in zip(b"hi", b"ab", strict=True)), "bad_frame"),
-    "close_reason_not_utf8": (_frame(8, struct.pack("!H", 1000) + b"\xff"), "bad_utf8"),
-    "cut_in_the_payload": (_frame(1, b'{"ev":"msg"}')[:6], "truncated"),
+    "close_reason_not_utf8": (server_frame(8, struct.pack("!H", 1000) + b"\xff"), "bad_utf8"),
+    "cut_in_the_payload": (server_frame(1, b'{"ev":"msg"}')[:6], "truncated"),
     "cut_in_the_header": (b"\x81\x7e\x01", "truncated"),
-    "over_the_limit": (_frame(1, b"x" * (2**24 + 1)), "oversized"),
+    "over_the_limit": (server_frame(1, b"x" * (2**24 + 1)), "oversized"),
 }
 
 
@@ -158,7 +149,7 @@ def raw_server():
                      b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
         sock.recv(65536)
         fault, kind = RAW_FAULTS[path.strip("/")]
-        sock.sendall(_frame(1, b'{"ev":"receipt","room":"r1","seq":1,"reader":"bob"}') + fault)
+        sock.sendall(server_frame(1, b'{"ev":"receipt","room":"r1","seq":1,"reader":"bob"}') + fault)
         try:
             if kind != "truncated":
                 # the client's close frame, then the server's side of the end

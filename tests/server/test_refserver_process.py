@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
         ("--metrics-port", "-1"),
         ("--max-body", "-5"),
         ("--history", "1.5"),
+        ("--max-frame", "0"),
+        ("--rate-limit", "-1"),
+        ("--rate-limit", "fast"),
+        ("--rate-burst", "0"),
+        ("--malformed", "1.5"),
+        ("--malformed-kinds", "bad_json,garbled"),
+        ("--malformed-kinds", ","),
+        ("--close-mid-frame", "-0.1"),
     ],
 )
 def test_bad_flag_values_are_usage_errors_naming_the_flag(capsys, flag, value):

@@ -157,14 +157,15 @@ def test_damage_before_the_last_record_refuses_to_start_naming_the_file(spawn, c
     # One more record after the damaged one: the damage is not at the end of the file.
     path.write_bytes(bytes(data) + data[len(data) // 2 :])
 
-    done = subprocess.run(
-        [sys.executable, "-m", "loadgen.server", "--port", "0", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=6 * timeout,
-    )
+    done = _refused_start(store, timeout)
     assert done.returncode == 1
     assert f"{path}: damaged record at byte" in done.stderr
+
+
+def _refused_start(store, timeout: float) -> subprocess.CompletedProcess:
+    """A backend started on ``store`` that is expected to refuse it and exit."""
+    command = [sys.executable, "-m", "loadgen.server", "--port", "0", "--store", str(store)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=6 * timeout)
 
 
 def test_compaction_keeps_the_file_bounded_and_the_last_history_entries(spawn, connect_to, tmp_path):
@@ -193,12 +194,7 @@ def test_a_store_in_use_by_another_backend_is_refused(spawn, tmp_path, timeout):
     """A second backend on the same --store directory exits 1 naming the directory."""
     store = tmp_path / "store"
     spawn("--store", str(store))
-    done = subprocess.run(
-        [sys.executable, "-m", "loadgen.server", "--port", "0", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=6 * timeout,
-    )
+    done = _refused_start(store, timeout)
     assert done.returncode == 1
     assert f"{store} is in use by another reference backend" in done.stderr
 

@@ -92,9 +92,9 @@ async def handle(ws: ServerConnection) -> None:
         await drain(ws)
 
 
-def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A server frame (unmasked), as a server writes it."""
-    head = bytes(((0x80 if fin else 0) | opcode,))
+def server_frame(opcode: int, payload: bytes, fin: bool = True, first: int | None = None) -> bytes:
+    """A server frame (unmasked), as a server writes it; ``first`` overrides its whole first byte."""
+    head = bytes((((0x80 if fin else 0) | opcode) if first is None else first,))
     length = len(payload)
     if length < 126:
         return head + bytes((length,)) + payload
@@ -116,10 +116,10 @@ def scripted_stream(seed: int) -> tuple[bytes, list[tuple[bytes, bool]]]:
         cut = sorted(rng.randrange(len(payload) + 1) for _ in range(pieces - 1))
         parts = [payload[a:b] for a, b in zip([0, *cut], [*cut, len(payload)], strict=True)]
         for k, part in enumerate(parts):
-            stream += _frame((2 if binary else 1) if k == 0 else 0, part, fin=k == len(parts) - 1)
+            stream += server_frame((2 if binary else 1) if k == 0 else 0, part, fin=k == len(parts) - 1)
             if rng.random() < 0.3:
-                stream += _frame(9, b"ping %d" % n)
-    stream += _frame(8, struct.pack("!H", 1000))
+                stream += server_frame(9, b"ping %d" % n)
+    stream += server_frame(8, struct.pack("!H", 1000))
     return bytes(stream), expected
 
 
@@ -128,11 +128,11 @@ BAD_FRAMES = {
     "masked": b"\x81\x82abcd" + bytes(a ^ b for a, b in zip(b"hi", b"ab", strict=True)),
     "reserved-bits": b"\xc1\x02hi",
     "lone-continuation": b"\x80\x02hi",
-    "text-inside-fragments": _frame(1, b"a", fin=False) + _frame(1, b"b"),
-    "long-ping": _frame(9, b"x" * 126),
-    "fragmented-ping": _frame(9, b"x", fin=False),
-    "unknown-opcode": _frame(3, b"x"),
-    "close-inside-fragments": _frame(1, b"a", fin=False) + _frame(8, struct.pack("!H", 1000)),
+    "text-inside-fragments": server_frame(1, b"a", fin=False) + server_frame(1, b"b"),
+    "long-ping": server_frame(9, b"x" * 126),
+    "fragmented-ping": server_frame(9, b"x", fin=False),
+    "unknown-opcode": server_frame(3, b"x"),
+    "close-inside-fragments": server_frame(1, b"a", fin=False) + server_frame(8, struct.pack("!H", 1000)),
 }
 
 
@@ -181,7 +181,7 @@ async def handle_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             if path.startswith("/stream/"):
                 await send_in_pieces(writer, scripted_stream(int(kind))[0], int(kind))
             else:
-                writer.write(_frame(1, b"ok") + BAD_FRAMES[kind])
+                writer.write(server_frame(1, b"ok") + BAD_FRAMES[kind])
             # the client's close frame, then TCP goes, as a server ends the closing handshake
             await reader.read(65536)
     except (ConnectionError, asyncio.IncompleteReadError):
