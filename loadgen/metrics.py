@@ -73,6 +73,16 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "loadgen_connections_opened": ("counter", "WebSocket connections opened.", ("scenario",)),
     "loadgen_connections_dropped": ("counter", "Connections the backend or the network cut.", ("scenario",)),
     "loadgen_reconnects": ("counter", "Reconnections after a dropped connection.", ("scenario",)),
+    "loadgen_reconnect_attempts": (
+        "counter",
+        "Tries to come back after a lost connection (docs/reconnects.md), by outcome: ok or failed.",
+        ("scenario", "outcome"),
+    ),
+    "loadgen_reconnect_time_away_seconds": (
+        "histogram",
+        "From losing a connection to being back in every room and caught up from history.",
+        ("scenario",),
+    ),
     "loadgen_protocol_errors": (
         "counter",
         "Frames and connections on which the backend broke its protocol, by kind (docs/faults.md): "
@@ -262,6 +272,15 @@ class RunCollector(Collector):
         yield self._single("loadgen_connections_opened", connections["opened"])
         yield self._single("loadgen_connections_dropped", connections["dropped"])
         yield self._single("loadgen_reconnects", connections["reconnects"])
+        back = getattr(context, "reconnects", None)
+        if back is not None:
+            attempts = self._family("loadgen_reconnect_attempts")
+            failed = sum(back.failures.values())
+            attempts.add_metric([scenario, "ok"], back.attempts - failed)
+            attempts.add_metric([scenario, "failed"], failed)
+            away = self._family("loadgen_reconnect_time_away_seconds")
+            away.add_metric([scenario], *hdr_buckets(back.away))
+            yield from (attempts, away)
         protocol_errors = self._family("loadgen_protocol_errors")
         seen = getattr(context, "protocol_errors", {})
         # every kind, seen or not: a rate() over a series that appears mid-run misses its first increase

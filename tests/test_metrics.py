@@ -11,6 +11,8 @@ from prometheus_client import generate_latest
 
 from loadgen.accounting import Accounting, new_histogram
 from loadgen.metrics import BUCKETS, METRICS, hdr_buckets, metrics_port, reference, registry_for
+from loadgen.profile import ReconnectProfile
+from loadgen.reconnects import Reconnects
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -202,3 +204,19 @@ def test_names_follow_prometheus_practice():
 def test_docs_carry_the_generated_table():
     """docs/metrics.md lists every metric exactly as METRICS describes it."""
     assert reference() in (ROOT / "docs" / "metrics.md").read_text()
+
+
+def test_reconnect_tries_and_time_away_are_exported():
+    """Tries to come back are counted by outcome and the time away is a histogram of the run's own."""
+    run = fake_run()
+    run.reconnects = Reconnects(ReconnectProfile())
+    for failure in ("connect", "connect", None):
+        run.reconnects.attempted("u1", failure)
+    run.reconnects.returned("u1", 0.75, recovered=3)
+    value = registry_for(run).get_sample_value
+    scenario = {"scenario": "voiceroom"}
+    assert value("loadgen_reconnect_attempts_total", {**scenario, "outcome": "failed"}) == 2
+    assert value("loadgen_reconnect_attempts_total", {**scenario, "outcome": "ok"}) == 1
+    assert value("loadgen_reconnect_time_away_seconds_count", scenario) == 1
+    assert value("loadgen_reconnect_time_away_seconds_bucket", {**scenario, "le": "0.5"}) == 0
+    assert value("loadgen_reconnect_time_away_seconds_bucket", {**scenario, "le": "1.0"}) == 1
