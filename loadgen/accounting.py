@@ -41,6 +41,17 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(1, HIGHEST_TRACKABLE_US, SIGNIFICANT_DIGITS)
 
 
+def encode(histogram: HdrHistogram) -> str:
+    """HdrHistogram's compressed V2 encoding, base64, as text."""
+    return histogram.encode().decode("ascii")
+
+
+def add_encoded(target: HdrHistogram, encoded: str) -> None:
+    """Add a histogram sent as :func:`encode` gave it; an empty text adds nothing."""
+    if encoded:
+        target.decode_and_add(encoded.encode("ascii"))
+
+
 def record_seconds(histogram: HdrHistogram, seconds: float) -> None:
     """Record a duration; negative ones (clock steps) count as the smallest value, huge ones are capped.
 

@@ -12,25 +12,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, fields
 
-from hdrh.histogram import HdrHistogram
-
 from loadgen import network
-from loadgen.accounting import Accounting, MessageCounts, OperationStats
+from loadgen.accounting import Accounting, MessageCounts, OperationStats, add_encoded, encode
 
 REPORT = "loadgen_report"
 DRAIN = "loadgen_drain"
 #: master -> workers: every worker's clock uncertainty, so a receiver can bound a latency by its sender's
 CLOCKS = "loadgen_clocks"
-
-
-def encode(histogram: HdrHistogram) -> str:
-    """HdrHistogram's compressed V2 encoding, base64, as text."""
-    return histogram.encode().decode("ascii")
-
-
-def _add(target: HdrHistogram, encoded: str) -> None:
-    if encoded:
-        target.decode_and_add(encoded.encode("ascii"))
 
 
 def snapshot(context, final: bool) -> dict:
@@ -84,12 +72,12 @@ def merge_into(context, reports: dict[str, dict]) -> None:
     for report in reports.values():
         for name, value in report["counts"].items():
             counts[name] += value
-        _add(accounting.latency, report["latency"])
-        _add(accounting.uncertain_latency, report["uncertain_latency"])
-        _add(accounting.send_lag, report["send_lag"])
+        add_encoded(accounting.latency, report["latency"])
+        add_encoded(accounting.uncertain_latency, report["uncertain_latency"])
+        add_encoded(accounting.send_lag, report["send_lag"])
         for name, op in report["operations"].items():
             stats = accounting.operations.get(name) or accounting.operations.setdefault(name, OperationStats())
-            _add(stats.histogram, op["histogram"])
+            add_encoded(stats.histogram, op["histogram"])
             stats.count += op["count"]
             stats.failures += op["failures"]
             stats.refusals.update(op["refusals"])

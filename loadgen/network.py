@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import gevent
 import gevent.event
 
-from loadgen.accounting import new_histogram, percentiles_ms, record_seconds
+from loadgen.accounting import add_encoded, encode, new_histogram, percentiles_ms, record_seconds
 from loadgen.drivers.base import Delivery
 from loadgen.population import draw_role
 from loadgen.profile import LinkProfile, NetworkProfile
@@ -423,13 +423,9 @@ class NetworkRun:
         """This process's figures in types Locust's message channel carries; :func:`summary` adds them up."""
         return {
             "conditions": dict(self.conditions_used), "regions": dict(self.regions_used),
-            "added": _encode(self.added), "backend": _encode(self.backend), "unknown_split": self.unknown_split,
+            "added": encode(self.added), "backend": encode(self.backend), "unknown_split": self.unknown_split,
             "offline_spells": self.offline_spells, "handovers": self.handovers,
         }  # fmt: skip
-
-
-def _encode(histogram) -> str:
-    return histogram.encode().decode("ascii")
 
 
 def summary(snapshots: list[dict]) -> dict:
@@ -438,9 +434,8 @@ def summary(snapshots: list[dict]) -> dict:
     conditions: Counter[str] = Counter()
     regions: Counter[str] = Counter()
     for snap in snapshots:
-        for histogram, encoded in ((added, snap["added"]), (backend, snap["backend"])):
-            if encoded:
-                histogram.decode_and_add(encoded.encode("ascii"))
+        add_encoded(added, snap["added"])
+        add_encoded(backend, snap["backend"])
         conditions.update(snap["conditions"])
         regions.update(snap["regions"])
     return {

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 import gevent
 
-from loadgen.accounting import new_histogram, percentiles_ms, record_seconds
+from loadgen.accounting import add_encoded, encode, new_histogram, percentiles_ms, record_seconds
 from loadgen.errors import ConfigError
-from loadgen.merge import encode
 from loadgen.profile import STORM_CAUSES, ReconnectProfile, ReconnectStorm
 
 log = logging.getLogger("loadgen.reconnects")
@@ -147,8 +146,7 @@ def summary(policy: ReconnectProfile, snapshots: list[dict]) -> dict:
     failures: dict[str, int] = {}
     storms: list[dict] = []
     for snap in snapshots:
-        if snap["away"]:
-            away.decode_and_add(snap["away"].encode("ascii"))
+        add_encoded(away, snap["away"])
         for reason, n in snap["failures"].items():
             failures[reason] = failures.get(reason, 0) + n
         for n, storm in enumerate(snap["storms"]):
