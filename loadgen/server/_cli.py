@@ -263,6 +263,47 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="with probability P per frame, write its header and half its payload, then close the TCP "
         "connection without a close frame",
     )
+    media = parser.add_argument_group("media relay (audio of voice rooms and live streams; see docs/protocol.md)")
+    media.add_argument(
+        "--media-port",
+        type=_port,
+        default=0,
+        metavar="PORT",
+        help="UDP port of the media relay, on the --host address; 0 picks a free one, which media.open acks "
+        "tell clients (default: %(default)s)",
+    )
+    media.add_argument(
+        "--media-top-k",
+        type=_count,
+        default=0,
+        metavar="K",
+        help="forward only the K loudest streams of each room, chosen every 200 ms by their smoothed audio "
+        "level; the others' frames are dropped and sequence numbers rewritten to stay contiguous; 0 forwards "
+        "every speaker (default: %(default)s)",
+    )
+    media.add_argument(
+        "--media-loss",
+        type=_probability,
+        default=0.0,
+        metavar="P",
+        help="drop each forwarded copy of a frame (one per recipient) with probability P, counted as "
+        "injected_loss (default: %(default)g)",
+    )
+    media.add_argument(
+        "--media-delay-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="MS",
+        help="hold each forwarded copy MS milliseconds before sending it (default: %(default)g)",
+    )
+    media.add_argument(
+        "--media-jitter-ms",
+        type=_non_negative,
+        default=0.0,
+        metavar="J",
+        help="vary that hold uniformly by up to ±J milliseconds, never below 0; UDP copies may then overtake "
+        "one another (default: %(default)g)",
+    )
     bugs = parser.add_argument_group("bug injection (voice rooms and PKs; see docs/protocol.md)")
     bugs.add_argument(
         "--bug",
@@ -309,6 +350,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         malformed=args.malformed,
         malformed_kinds=args.malformed_kinds,
         close_mid_frame=args.close_mid_frame,
+        media_port=args.media_port,
+        media_top_k=args.media_top_k,
+        media_loss=args.media_loss,
+        media_delay_ms=args.media_delay_ms,
+        media_jitter_ms=args.media_jitter_ms,
     )
 
 

@@ -50,6 +50,11 @@ class ServerConfig:
     malformed: float = 0.0
     malformed_kinds: tuple[str, ...] = MALFORMED_KINDS
     close_mid_frame: float = 0.0
+    media_port: int = 0
+    media_top_k: int = 0
+    media_loss: float = 0.0
+    media_delay_ms: float = 0.0
+    media_jitter_ms: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("port", "metrics_port"):
@@ -90,6 +95,17 @@ class ServerConfig:
             if not _is_real(value) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be a probability between 0 and 1, got {value!r}")
         object.__setattr__(self, "malformed_kinds", _malformed_kinds(self.malformed_kinds))
+        port, top_k = self.media_port, self.media_top_k
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"media_port must be a port number between 0 and 65535, got {port!r}")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+            raise ValueError(f"media_top_k must be a non-negative integer (0 forwards all), got {top_k!r}")
+        if not _is_real(self.media_loss) or not 0.0 <= self.media_loss <= 1.0:
+            raise ValueError(f"media_loss must be a probability between 0 and 1, got {self.media_loss!r}")
+        for name in ("media_delay_ms", "media_jitter_ms"):
+            value = getattr(self, name)
+            if not _is_real(value) or value < 0.0:
+                raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
     def bug(self, kind: str) -> float:
         """The probability of the bug ``kind`` (0 when off)."""
@@ -121,6 +137,10 @@ class ServerConfig:
             parts.append(f"malformed={self.malformed:g} ({','.join(self.malformed_kinds)})")
         if self.close_mid_frame:
             parts.append(f"close-mid-frame={self.close_mid_frame:g}")
+        if self.media_loss:
+            parts.append(f"media-loss={self.media_loss:g}")
+        if self.media_delay_ms or self.media_jitter_ms:
+            parts.append(f"media-delay={self.media_delay_ms:g}±{self.media_jitter_ms:g}ms")
         parts.extend(f"bug {kind}={p:g}" for kind, p in self.bugs if p)
         if not parts:
             return "no faults injected"

@@ -11,6 +11,9 @@ gifts, danmaku, settings, stream and PK events) are encoded once and the same by
 every member's outbox; they bypass the delivery faults, and the ``--bug`` dice, drawn from
 their own generator, are their faults. Invite lapses, PK ends and ring timeouts are loop
 timers, cancelled as soon as what they guard is resolved.
+
+Media sessions (``media.open``) begin and end here, with the memberships they depend on;
+the relay of ``_media`` forwards their frames.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 import orjson
 
 from ._config import ServerConfig
+from ._media import MEDIA_TRANSPORTS, MediaRelay
 from ._metrics import INVALID_OP, OPS, ServerStats
 from ._store import INBOX_MESSAGE, ROOM, ROOM_MESSAGE, Record, Store
 
@@ -430,6 +434,8 @@ class Hub:
         self._on_replaced = on_replaced
         self._secret = config.secret.encode() if config.secret is not None else None
         self._faults = FaultInjector(config, loop, stats.faults) if config.delivery_faults else None
+        # The server binds its UDP endpoint; sessions open and close with memberships here.
+        self.media = MediaRelay(config, loop, stats.media_frames)
         self.connections: set[Connection] = set()
         self.sessions: dict[str, Connection] = {}
         self.rooms: dict[str, Room] = {}
@@ -473,6 +479,7 @@ class Hub:
         for name in conn.rooms:
             room = self.rooms[name]
             room.members.discard(conn)
+            self.media.close(conn, name)
             if user is not None:
                 self._departed(name, room, user)
         conn.rooms.clear()
@@ -494,6 +501,7 @@ class Hub:
         for call in self.calls.values():
             if call.timer is not None:
                 call.timer.cancel()
+        self.media.shutdown()
 
     # Durability (--store)
 
@@ -543,6 +551,8 @@ class Hub:
         """Handle one frame from ``conn`` and queue its reply."""
         stats = self._stats
         if isinstance(raw, bytes):
+            if self.media.from_websocket(conn, raw):
+                return
             stats.requests[INVALID_OP] += 1
             self._error(conn, None, "bad_request", "Frames must be text frames holding JSON.")
             return
@@ -683,6 +693,7 @@ class Hub:
         room = self.rooms[name]
         del conn.rooms[name]
         room.members.discard(conn)
+        self.media.close(conn, name)
         self._release_held(conn, name)
         assert conn.user is not None
         self._departed(name, room, conn.user)
@@ -821,6 +832,28 @@ class Hub:
         del self.sessions[user]
         conn.user = None
         return {"heads": heads, "inbox_head": self._inbox_head(user)}
+
+    # Media sessions
+
+    def _op_media_open(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        transport = _str(req, "transport")
+        if transport not in MEDIA_TRANSPORTS:
+            raise RequestError("bad_request", f"The field 'transport' must be one of {', '.join(MEDIA_TRANSPORTS)}.")
+        room = self._member_room(conn, name)
+        user = conn.user
+        assert user is not None
+        session = self.media.open(conn, user, name, room, transport)
+        ack: dict[str, Any] = {"room": name, "ssrc": session.ssrc, "token": session.token.hex()}
+        if session.udp:
+            ack["udp_port"] = self.media.port
+        return ack
+
+    def _op_media_close(self, conn: Connection, req: dict[str, Any]) -> dict[str, Any]:
+        name = _name(req, "room")
+        self._member_room(conn, name)
+        self.media.close(conn, name)
+        return {"room": name}
 
     # Voice rooms, live streams and calls: shared steps
 

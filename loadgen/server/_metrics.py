@@ -47,6 +47,8 @@ OPS = (
     "call.accept",
     "call.reject",
     "call.hangup",
+    "media.open",
+    "media.close",
 )
 # Frames that never named a known op are counted under this label, keeping the label set closed.
 INVALID_OP = "invalid"
@@ -86,6 +88,9 @@ CALL_OUTCOMES = ("connected", "rejected", "timeout", "cancelled", "busy")
 # Why the backend closed a connection that broke a limit: a flood past the rate cap (1008),
 # a frame over --max-frame (1009).
 LIMIT_CLOSE_REASONS = ("flood", "too_big")
+# How the media relay's frames ended up: received, not_seated, not_selected and malformed count
+# frames (or datagrams) that came in; forwarded and injected_loss count copies, one per recipient.
+MEDIA_OUTCOMES = ("received", "forwarded", "not_seated", "not_selected", "malformed", "injected_loss")
 
 
 class ServerStats:
@@ -108,6 +113,7 @@ class ServerStats:
         "calls",
         "frame_faults",
         "limit_closes",
+        "media_frames",
     )
 
     def __init__(self) -> None:
@@ -125,6 +131,7 @@ class ServerStats:
         # Also exposed as refserver_injected_faults_total: faults of frames rather than of deliveries.
         self.frame_faults = dict.fromkeys(FRAME_FAULT_KINDS, 0)
         self.limit_closes = dict.fromkeys(LIMIT_CLOSE_REASONS, 0)
+        self.media_frames = dict.fromkeys(MEDIA_OUTCOMES, 0)
 
 
 class Gauges:
@@ -139,6 +146,7 @@ class Gauges:
         "live_streams",
         "pks",
         "calls_in_progress",
+        "media_sessions",
     )
 
     def __init__(
@@ -151,6 +159,7 @@ class Gauges:
         live_streams: Callable[[], int],
         pks: Callable[[], int],
         calls_in_progress: Callable[[], int],
+        media_sessions: Callable[[], int],
     ) -> None:
         self.connections = connections
         self.logged_in_users = logged_in_users
@@ -160,6 +169,7 @@ class Gauges:
         self.live_streams = live_streams
         self.pks = pks
         self.calls_in_progress = calls_in_progress
+        self.media_sessions = media_sessions
 
 
 class ServerCollector(Collector):
@@ -186,6 +196,9 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("refserver_pks", "PK battles running (accepted, not ended).", value=gauges.pks())
         yield GaugeMetricFamily(
             "refserver_calls_in_progress", "1v1 calls ringing or connected.", value=gauges.calls_in_progress()
+        )
+        yield GaugeMetricFamily(
+            "refserver_media_sessions", "Open media sessions (media.open), all rooms.", value=gauges.media_sessions()
         )
         stats = self._stats
         yield _counter("refserver_requests", "Request frames received, by op.", "op", stats.requests)
@@ -217,6 +230,13 @@ class ServerCollector(Collector):
         )
         yield CounterMetricFamily("refserver_gifts", "Gifts accepted and broadcast.", value=stats.gifts)
         yield _counter("refserver_calls", "1v1 call attempts, by outcome.", "outcome", stats.calls)
+        yield _counter(
+            "refserver_media_frames",
+            "Media frames by outcome: received, not_seated, not_selected, malformed as they came in; "
+            "forwarded, injected_loss per recipient copy.",
+            "outcome",
+            stats.media_frames,
+        )
 
 
 def _counter(name: str, documentation: str, label: str, values: dict[str, int]) -> CounterMetricFamily:

@@ -22,6 +22,7 @@ from ._config import BUG_KINDS, FAULT_KINDS, ServerConfig
 from ._frames import FrameFaults, cut_frame, malformed_frame
 from ._hub import Connection, Hub, Outbox
 from ._limits import RateLimiter
+from ._media import MediaFrame
 from ._metrics import Gauges, MetricsServer, ServerCollector, ServerStats
 from ._store import Store
 
@@ -73,6 +74,7 @@ class ReferenceServer:
                 live_streams=lambda: self._hub.live_streams() if self._hub else 0,
                 pks=lambda: len(self._hub.pks) if self._hub else 0,
                 calls_in_progress=lambda: len(self._hub.calls) if self._hub else 0,
+                media_sessions=lambda: len(self._hub.media.sessions) if self._hub else 0,
             ),
         )
         self.registry.register(self._collector)
@@ -93,6 +95,19 @@ class ReferenceServer:
     def metrics_address(self) -> tuple[str, int] | None:
         """The (host, port) of ``/metrics``, or None when metrics are not served."""
         return self._metrics.address if self._metrics is not None else None
+
+    @property
+    def media_address(self) -> tuple[str, int]:
+        """The (host, port) the media relay's UDP endpoint is bound to."""
+        address = self._hub.media.address if self._hub is not None else None
+        if address is None:
+            raise RuntimeError("the server is not started")
+        return address
+
+    @property
+    def media_frames(self) -> dict[str, int]:
+        """Media frames so far, by outcome (received, forwarded, not_seated, not_selected, malformed, injected_loss)."""
+        return dict(self._stats.media_frames)
 
     @property
     def injected(self) -> dict[str, int]:
@@ -142,6 +157,12 @@ class ReferenceServer:
         host, port = next(iter(self._server.sockets)).getsockname()[:2]
         self._address = (host, port)
         try:
+            # On the WebSocket's address: clients send media to the host they connected to.
+            relay = self._hub.media
+            try:
+                await loop.create_datagram_endpoint(lambda: relay, local_addr=(host, config.media_port))
+            except OSError as exc:
+                raise OSError(f"media_port (--media-port) {config.media_port}: cannot bind udp {host}: {exc}") from exc
             if config.metrics_port is not None:
                 self._metrics = MetricsServer(self.registry, config.metrics_host, config.metrics_port)
                 self._metrics.start()
@@ -171,6 +192,7 @@ class ReferenceServer:
             [f"{kind}={self._stats.faults[kind]}" for kind in FAULT_KINDS]
             + [f"{kind}={self._stats.bugs[kind]}" for kind in BUG_KINDS]
             + [f"{kind}={count}" for kind, count in self._stats.frame_faults.items()]
+            + [f"media_injected_loss={self._stats.media_frames['injected_loss']}"]
         )
         log.info("injected faults: %s", counts)
 
@@ -199,6 +221,7 @@ class ReferenceServer:
             self._server = None
         if self._hub is not None:
             self._hub.shutdown()
+            await self._hub.media.close_endpoint()
         if self._metrics is not None:
             await asyncio.to_thread(self._metrics.stop)
             self._metrics = None
@@ -240,10 +263,15 @@ class ReferenceServer:
         if self._metrics is not None:
             host, port = self._metrics.address
             metrics = f" (metrics on http://{_url_host(host)}:{port}/metrics)"
+        media_host, media_port = self.media_address
+        top_k = self.config.media_top_k
         log.info(
-            "reference backend listening on %s%s; %s; %s; ring timeout %gs",
+            "reference backend listening on %s%s; media on udp %s:%d, forwarding %s; %s; %s; ring timeout %gs",
             self.url.rstrip("/"),
             metrics,
+            _url_host(media_host),
+            media_port,
+            f"the {top_k} loudest per room" if top_k else "every speaker",
             self.config.describe_limits(),
             self.config.describe_faults(),
             self.config.ring_timeout,
@@ -315,6 +343,10 @@ class ReferenceServer:
             while True:
                 while ready:
                     frame = ready.popleft()
+                    if isinstance(frame, MediaFrame):
+                        # Frame faults break JSON frames; media packets go out as they are.
+                        await ws.send(frame, text=False)
+                        continue
                     kind = faults.malformed()
                     if kind is not None and ws.protocol.state is State.OPEN:
                         payload, text = malformed_frame(kind, frame)
@@ -388,7 +420,8 @@ async def _write(ws: ServerConnection, outbox: Outbox) -> None:
     try:
         while True:
             while ready:
-                await ws.send(ready.popleft(), text=True)
+                frame = ready.popleft()
+                await ws.send(frame, text=not isinstance(frame, MediaFrame))
             wake.clear()
             await wake.wait()
     except ConnectionClosed:
