@@ -12,6 +12,7 @@ def build_parser() -> argparse.ArgumentParser:
     from loadgen.report import add_compare_arguments, add_report_arguments
     from loadgen.server import add_serve_arguments
     from loadgen.slo import add_rules_arguments
+    from loadgen.webrtc import add_webrtc_arguments
 
     parser = argparse.ArgumentParser(
         prog="loadgen",
@@ -58,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
         "nothing regressed, 1 when a figure regressed, 2 for bad input.",
     )
     add_compare_arguments(compare)
+    webrtc = commands.add_parser(
+        "webrtc",
+        help="real WebRTC publishers and listeners (aiortc) in a Janus AudioBridge or VideoRoom room",
+        description="Check Janus' media plane with a few real WebRTC peers (docs/webrtc.md): publishers send a tone, "
+        "listeners report the time to the first audible frame from their own join and from the publisher's, RTP "
+        "packets received and lost, jitter, and every peer's ICE and connection events, as a table and a JSON file. "
+        "Needs the webrtc extra: pip install -e '.[webrtc]'. Janus gathers no ICE candidates on loopback: on one "
+        "machine run Janus and this command in two network namespaces joined by a veth pair (docs/webrtc.md). "
+        "Exit code 0 when every listener heard audio, 1 when one did not or a peer failed, 2 for a usage error, "
+        "3 when Janus cannot be reached.",
+    )
+    add_webrtc_arguments(webrtc)
     commands.add_parser(
         "options",
         help="list the options the toolkit adds to `locust` (Locust prints --help before reading a locustfile)",
@@ -101,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadgen.report import compare_command
 
         return compare_command(args)
+    if args.command == "webrtc":
+        from loadgen.webrtc import webrtc_command
+
+        return webrtc_command(args)
     if args.command == "options":
         sys.stdout.write(run_options_help())
         return 0

@@ -5,6 +5,10 @@
 #
 # JANUS_PORT   WebSocket port (default 8188): ws://127.0.0.1:$JANUS_PORT, subprotocol janus-protocol
 # JANUS_RUN    where the rendered configs, the log and the pid go (default /tmp/loadgen-janus-$JANUS_PORT)
+# JANUS_IP     address the WebSocket listens on (default 127.0.0.1)
+# JANUS_ICE_INTERFACE  the only interface ICE gathers candidates on (default lo, where libnice gathers
+#              nothing: signalling only); real media needs one peers can reach (docs/webrtc.md)
+# JANUS_NETNS  network namespace (ip netns) to start Janus in; stop and status need only the pid
 #
 # Configs live beside this script (scripts/servers/janus/); start renders them into JANUS_RUN, so
 # several servers on different ports can run at once. No systemd: the process is ours, stopped by
@@ -15,21 +19,28 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 port="${JANUS_PORT:-8188}"
 run="${JANUS_RUN:-/tmp/loadgen-janus-$port}"
 pidfile="$run/janus.pid"
+ip="${JANUS_IP:-127.0.0.1}"
+ice_interface="${JANUS_ICE_INTERFACE:-lo}"
 
 install() { install_for janus janus; }
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+listening() { (exec 3<>"/dev/tcp/$ip/$port") 2>/dev/null; }
 
 start() {
 	install
+	if [ -n "${JANUS_NETNS:-}" ]; then
+		# the port check and Janus itself run inside the namespace
+		local netns="$JANUS_NETNS"
+		JANUS_NETNS="" exec ip netns exec "$netns" "$here/janus.sh" start
+	fi
 	if running; then
-		echo "janus already running on ws://127.0.0.1:$port (pid $(cat "$pidfile"))"
+		echo "janus already running on ws://$ip:$port (pid $(cat "$pidfile"))"
 		return 0
 	fi
 	if listening; then
-		echo "port $port on 127.0.0.1 is taken by another process" >&2
+		echo "port $port on $ip is taken by another process" >&2
 		exit 1
 	fi
 	local lib
@@ -38,6 +49,7 @@ start() {
 	mkdir -p "$run/conf"
 	for file in "$here"/janus/*.jcfg; do
 		sed -e "s|@JANUS_LIB@|$lib|g" -e "s|@CONF_DIR@|$run/conf|g" -e "s|@PORT@|$port|g" \
+			-e "s|@IP@|$ip|g" -e "s|@ICE_INTERFACE@|$ice_interface|g" \
 			"$file" >"$run/conf/$(basename "$file")"
 	done
 	# -N: no log on stdout; -o: no colours in the log file
@@ -53,7 +65,7 @@ start() {
 		fi
 		sleep 0.1
 	done
-	echo "janus running on ws://127.0.0.1:$port (pid $(cat "$pidfile"), log $run/janus.log)"
+	echo "janus running on ws://$ip:$port (pid $(cat "$pidfile"), log $run/janus.log)"
 }
 
 stop() {
@@ -78,7 +90,7 @@ stop() {
 
 status() {
 	if running; then
-		echo "running on ws://127.0.0.1:$port (pid $(cat "$pidfile"))"
+		echo "running on ws://$ip:$port (pid $(cat "$pidfile"))"
 	else
 		echo "stopped"
 		return 3
