@@ -100,6 +100,8 @@ class Direction:
     rto: float
     #: seconds a byte takes on the wire; 0 without a bandwidth cap
     byte_time: float
+    #: datagrams only: the mean length of a loss burst, s; 0 for losses each on their own
+    loss_burst: float = 0.0
 
     @property
     def fixed(self) -> bool:
@@ -124,16 +126,17 @@ def link_for(condition: LinkProfile, region_rtt_ms: float = 0.0) -> Link:
     half = region_rtt_ms / 2
     rtt_ms = condition.up_latency_ms + condition.down_latency_ms + region_rtt_ms
 
-    def direction(latency_ms: float, jitter_ms: float, loss: float, kbps: float) -> Direction | None:
+    def direction(latency_ms: float, jitter_ms: float, loss: float, kbps: float, burst_ms: float) -> Direction | None:
         if not (latency_ms + half or jitter_ms or loss or kbps):
             return None
         byte_time = 8 / (kbps * 1000) if kbps else 0.0
         return Direction((latency_ms + half) / 1000, jitter_ms / 1000, loss, (condition.rto_ms + rtt_ms) / 1000,
-                         byte_time)  # fmt: skip
+                         byte_time, burst_ms / 1000)  # fmt: skip
 
+    c = condition
     return Link(
-        direction(condition.up_latency_ms, condition.up_jitter_ms, condition.up_loss, condition.up_kbps),
-        direction(condition.down_latency_ms, condition.down_jitter_ms, condition.down_loss, condition.down_kbps),
+        direction(c.up_latency_ms, c.up_jitter_ms, c.up_loss, c.up_kbps, c.up_loss_burst_ms),
+        direction(c.down_latency_ms, c.down_jitter_ms, c.down_loss, c.down_kbps, c.down_loss_burst_ms),
     )
 
 

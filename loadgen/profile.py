@@ -187,9 +187,12 @@ class LinkProfile:
     up_jitter_ms: float = knob(0.0, "up: each latency varies uniformly by this much either way (not below 0), ms", 0,
                                60000)  # fmt: skip
     down_jitter_ms: float = knob(0.0, "down: each latency varies uniformly by this much either way, ms", 0, 60000)
-    up_loss: float = knob(0.0, "up: share of frames TCP must resend; each waits rto_ms longer, and so do the frames "
-                               "behind it", 0, 0.5)  # fmt: skip
-    down_loss: float = knob(0.0, "down: share of frames TCP must resend", 0, 0.5)
+    up_loss: float = knob(0.0, "up: share of frames lost: TCP resends each, rto_ms later, and the frames behind it "
+                               "wait; an audio datagram is gone", 0, 0.5)  # fmt: skip
+    down_loss: float = knob(0.0, "down: share of frames lost (resent over TCP, gone as datagrams)", 0, 0.5)
+    up_loss_burst_ms: float = knob(0.0, "up, audio datagrams: mean length of a loss burst, ms; the share lost stays "
+                                        "up_loss (0: each datagram is lost on its own)", 0, 60000)  # fmt: skip
+    down_loss_burst_ms: float = knob(0.0, "down, audio datagrams: mean length of a loss burst, ms", 0, 60000)
     rto_ms: float = knob(200.0, "retransmission timeout of a lost frame, on top of the added round trip", 200, 60000)
     up_kbps: float = knob(0.0, "up: bandwidth in kbit/s, a frame waits its serialization time; 0 for no cap", 0)
     down_kbps: float = knob(0.0, "down: bandwidth in kbit/s; 0 for no cap", 0)
@@ -226,6 +229,29 @@ class NetworkProfile:
     regions: tuple[RegionShare, ...] = listed("regions by share of users; the rest is in backend_region",
                                               "network.regions[]")  # fmt: skip
     profiles: Mapping[str, LinkProfile] = listed("conditions of your own by name", "network.profiles.NAME", {})
+
+
+MEDIA_TRANSPORTS = ("udp", "websocket")
+
+
+@dataclass(frozen=True)
+class MediaProfile:
+    """Synthetic audio from mic seats and hosts, and what listeners hear (docs/media.md)."""
+
+    rooms: int = knob(3, "the most popular rooms of the scenario (rank 0, 1, …) carry audio; the others none", 0)
+    decode_share: float = knob(0.25, "share of members of an audio room that play its audio out and measure it; "
+                                     "the rest only count frames", 0, 1)  # fmt: skip
+    transport: str = knob("udp", "udp, or websocket: frames ride the signalling connection, for backends that "
+                                 "tunnel media")  # fmt: skip
+    frame_bytes: int = knob(80, "payload bytes of a 20 ms frame after the 32-byte header (80: Opus at 32 kbit/s)",
+                            0, 1200)  # fmt: skip
+    jitter_buffer_ms: float = knob(60.0, "playout delay of a listener's jitter buffer, ms: a frame later than "
+                                         "this is late", 0, 5000)  # fmt: skip
+    stall_ms: float = knob(200.0, "a gap with nothing playable longer than this is a stall, ms", 20, 60000)
+    top_k: int = knob(0, "the embedded backend forwards only the K loudest speakers of a room; 0 forwards all", 0)
+    talk_mean_s: float = knob(3.0, "a speaker's mean talk spurt (loud), s", 0.02, 3600)
+    quiet_mean_s: float = knob(6.0, "a speaker's mean quiet between spurts (frames still flow, softly), s", 0,
+                               3600)  # fmt: skip
 
 
 #: shape kind -> the knobs it reads; a knob of another kind in the file is an error
@@ -280,7 +306,12 @@ SECTIONS: dict[str, type] = {
 }
 
 #: top-level sections that are not scenarios: read by every run
-COMMON_SECTIONS: dict[str, type] = {"shape": ShapeProfile, "reconnect": ReconnectProfile, "network": NetworkProfile}
+COMMON_SECTIONS: dict[str, type] = {
+    "shape": ShapeProfile,
+    "reconnect": ReconnectProfile,
+    "network": NetworkProfile,
+    "media": MediaProfile,
+}
 
 
 @dataclass(frozen=True)
@@ -295,6 +326,8 @@ class Profile:
     reconnect: ReconnectProfile = field(default_factory=ReconnectProfile)
     #: None without a ``network:`` section: no condition is emulated and no split is measured
     network: NetworkProfile | None = None
+    #: None without a ``media:`` section: rooms carry no audio
+    media: MediaProfile | None = None
 
 
 def _line(node: yaml.Node | None) -> int | None:
@@ -385,6 +418,8 @@ def _check(section, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: st
         fail("offline_max_s", f"must be at least offline_min_s ({section.offline_min_s:g})")
     if isinstance(section, NetworkProfile):
         _check_network(section, entries, path, name)
+    if isinstance(section, MediaProfile) and section.transport not in MEDIA_TRANSPORTS:
+        fail("transport", f"must be one of {', '.join(MEDIA_TRANSPORTS)}, got {section.transport!r}")
 
 
 def _check_network(network: NetworkProfile, entries: Mapping[str, tuple[yaml.Node, yaml.Node]], path: str,
