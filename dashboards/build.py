@@ -122,6 +122,27 @@ def op_percentiles(key: str, op: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------------------------------
 
 MESSAGES = "loadgen_messages_total"
+MEDIA_FRAMES = "loadgen_media_frames_total"
+
+
+def audio_queries() -> dict[str, str]:
+    """What listeners heard (docs/media.md), for the room dashboards."""
+    slots = rate(MEDIA_FRAMES, 'outcome=~"played|late|lost"')
+    return {
+        "audio_stall_rate": ratio(
+            rate("loadgen_media_stalled_seconds_total"), rate("loadgen_media_listening_seconds_total")
+        ),  # fmt: skip
+        "audio_loss": ratio(rate(MEDIA_FRAMES, 'outcome="lost"'), slots),
+        "audio_late": ratio(rate(MEDIA_FRAMES, 'outcome="late"'), slots),
+        "audio_frames": rate(MEDIA_FRAMES, 'outcome=~"sent|received|counted|lost|late"', by="outcome"),
+        "audio_stalls": rate("loadgen_media_stalls_total"),
+        **op_percentiles("first_audio_join", "media.first_audio.join"),
+        **op_percentiles("first_audio_seat", "media.first_audio.seat"),
+        "frame_delay_p50": quantile(0.5, "loadgen_media_frame_delay_seconds"),
+        "frame_delay_p99": quantile(0.99, "loadgen_media_frame_delay_seconds"),
+        "jitter_p95": quantile(0.95, "loadgen_media_jitter_seconds"),
+    }
+
 
 QUERIES: dict[str, dict[str, str]] = {
     "overview": {
@@ -183,6 +204,7 @@ QUERIES: dict[str, dict[str, str]] = {
         "failures": rate("loadgen_operation_failures_total", by="op"),
         "violations": rate("loadgen_invariant_violations_total", by="kind"),
         "violations_total": f"sum (increase({sel('loadgen_invariant_violations_total')}[{RATE}]) {RUN})",
+        **audio_queries(),
     },
     "livestream": {
         **op_percentiles("cohost", "cohost.accept"),
@@ -196,6 +218,7 @@ QUERIES: dict[str, dict[str, str]] = {
         "refusals": rate("loadgen_operation_refusals_total", 'op=~"cohost\\\\..*|pk\\\\..*"', by="op, reason"),
         "failures": rate("loadgen_operation_failures_total", by="op"),
         "violations": rate("loadgen_invariant_violations_total", by="kind"),
+        **audio_queries(),
     },
     "calls": {
         **op_percentiles("setup", "call.setup"),
@@ -490,6 +513,56 @@ def voiceroom_panels() -> list[dict[str, Any]]:
             threshold=0,
             description="Two holders of one seat, a gift counted twice...: any value is a backend bug.",
         ),
+        *audio_panels(),
+    ]
+
+
+def audio_panels() -> list[dict[str, Any]]:
+    """A row on what listeners heard; empty panels when the profile has no ``media:`` section."""
+    return [
+        row("Audio (docs/media.md)"),
+        stat(
+            "Stall rate",
+            ("audio_stall_rate", "stall rate"),
+            unit="percentunit",
+            threshold=0.01,
+            description="Stalled listening time / listening time: gaps with nothing playable over stall_ms.",
+        ),  # fmt: skip
+        stat("Frames lost", ("audio_loss", "lost"), unit="percentunit", threshold=0.01),
+        stat(
+            "Frames late",
+            ("audio_late", "late"),
+            unit="percentunit",
+            threshold=0.01,
+            description="Arrived after the jitter buffer's playout time.",
+        ),  # fmt: skip
+        stat("First audio after join p95", ("first_audio_join_p95", "p95"), unit="s"),
+        stat(
+            "First audio after a seat p95",
+            ("first_audio_seat_p95", "p95"),
+            unit="s",
+            description="From a speaker asking for the seat to a listener hearing it.",
+        ),  # fmt: skip
+        stat("Jitter p95", ("jitter_p95", "p95"), unit="s", description="RFC 3550 interarrival jitter."),
+        timeseries("First audio after join", *percentiles("first_audio_join"), unit="s", width=8),
+        timeseries("First audio after a seat", *percentiles("first_audio_seat"), unit="s", width=8),
+        timeseries(
+            "Frame delay and jitter",
+            ("frame_delay_p50", "delay p50"),
+            ("frame_delay_p99", "delay p99"),
+            ("jitter_p95", "jitter p95"),
+            unit="s",
+            width=8,
+        ),  # fmt: skip
+        timeseries("Audio frames / s", ("audio_frames", "{{outcome}}"), unit="reqps", width=12),
+        timeseries(
+            "Stalls / s and stall rate",
+            ("audio_stalls", "stalls / s"),
+            ("audio_stall_rate", "stall rate"),
+            unit="short",
+            width=12,
+            threshold=0.01,
+        ),  # fmt: skip
     ]
 
 
@@ -514,6 +587,7 @@ def livestream_panels() -> list[dict[str, Any]]:
         timeseries("Refusals / s", ("refusals", "{{op}} {{reason}}"), unit="reqps", width=8),
         timeseries("Failures / s", ("failures", "{{op}}"), unit="reqps", width=8),
         timeseries("Invariant violations / s", ("violations", "{{kind}}"), unit="reqps", threshold=0, width=24),
+        *audio_panels(),
     ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, fields
 
-from loadgen import network
+from loadgen import media, network
 from loadgen.accounting import Accounting, MessageCounts, OperationStats, add_encoded, encode
 
 REPORT = "loadgen_report"
@@ -50,6 +50,7 @@ def snapshot(context, final: bool) -> dict:
         "protocol_errors": dict(context.protocol_errors),
         "reconnects": context.reconnects.snapshot(),
         "network": None if (emulated := network.for_run(context)) is None else emulated.snapshot(),
+        "media": None if (audio := media.for_run(context)) is None else audio.snapshot(),
         "loop_lag": context.loop_lag_seconds,
         "cpu_max_percent": context.cpu_max_percent,
         "rss_max_bytes": context.rss_max_bytes,
@@ -97,6 +98,9 @@ def merge_into(context, reports: dict[str, dict]) -> None:
     context.receipts = receipts
     context.malformed = malformed
     context.protocol_errors = protocol_errors
+    audio = media.for_run(context)
+    if audio is not None:
+        audio.adopt([r["media"] for r in reports.values() if r.get("media")])
     context.workers_reported = len(reports)
     context.worker_clocks = clocks(reports)
     context.worker_cpu_max_percent = max((r["cpu_max_percent"] for r in reports.values()), default=0.0)

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from loadgen import media
 from loadgen.drivers.base import PROTOCOL_ERROR_KINDS
 
 log = logging.getLogger("loadgen.metrics")
@@ -88,6 +89,34 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Frames and connections on which the backend broke its protocol, by kind (docs/faults.md): "
         f"{', '.join(PROTOCOL_ERROR_KINDS)}.",
         ("scenario", "kind"),
+    ),
+    "loadgen_media_frames": (
+        "counter",
+        "Audio frames (docs/media.md) by outcome: sent by speakers; received, duplicated or stale as decoding "
+        "listeners got them, and each of their frame slots played, late or lost; counted by counting listeners; "
+        "network_dropped by an emulated link.",
+        ("scenario", "outcome"),
+    ),
+    "loadgen_media_stalls": (
+        "counter",
+        "Stalls: gaps with nothing playable longer than the profile's stall_ms.",
+        ("scenario",),
+    ),
+    "loadgen_media_stalled_seconds": ("counter", "Listening time spent in stalls, summed over streams.", ("scenario",)),
+    "loadgen_media_listening_seconds": (
+        "counter",
+        "Listening time of decoding listeners, summed over the streams they heard; the stall rate's denominator.",
+        ("scenario",),
+    ),
+    "loadgen_media_frame_delay_seconds": (
+        "histogram",
+        "Audio frames' capture-to-arrival delay, on the backend's clock.",
+        ("scenario",),
+    ),
+    "loadgen_media_jitter_seconds": (
+        "histogram",
+        "Interarrival jitter of audio streams as RFC 3550 computes it, sampled once a second per stream.",
+        ("scenario",),
     ),
     "loadgen_close_codes": (
         "counter",
@@ -287,6 +316,7 @@ class RunCollector(Collector):
         for kind in PROTOCOL_ERROR_KINDS:
             protocol_errors.add_metric([scenario, kind], seen.get(kind, 0))
         yield protocol_errors
+        yield from self._media(scenario)
         close_codes = self._family("loadgen_close_codes")
         for code, count in sorted(getattr(context, "close_codes", {}).items()):
             close_codes.add_metric([scenario, str(code)], count)
@@ -325,6 +355,23 @@ class RunCollector(Collector):
         for result in getattr(context, "slo_results", ()):
             checks.add_metric([scenario, result.name], 1 if result.passed else 0)
         yield checks
+
+    def _media(self, scenario: str) -> Iterator[Metric]:
+        if getattr(getattr(self.context, "profile", None), "media", None) is None:
+            return
+        audio = media.for_run(self.context)
+        frames = self._family("loadgen_media_frames")
+        for outcome, count in audio.frames.items():
+            frames.add_metric([scenario, outcome], count)
+        yield frames
+        yield self._single("loadgen_media_stalls", audio.stalls)
+        yield self._single("loadgen_media_stalled_seconds", audio.stalled_seconds)
+        yield self._single("loadgen_media_listening_seconds", audio.listening_seconds)
+        delay = self._family("loadgen_media_frame_delay_seconds")
+        delay.add_metric([scenario], *hdr_buckets(audio.frame_delay))
+        jitter = self._family("loadgen_media_jitter_seconds")
+        jitter.add_metric([scenario], *hdr_buckets(audio.jitter))
+        yield from (delay, jitter)
 
 
 def role(context) -> str:

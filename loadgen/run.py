@@ -27,7 +27,7 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, MasterRunner, WorkerRunner
 from locust.stats import bucket_response_time
 
-from loadgen import drivers, grafana, merge, metrics, planning, reconnects, record
+from loadgen import drivers, grafana, media, merge, metrics, planning, reconnects, record
 from loadgen import guard as guard_module
 from loadgen import slo as slo_module
 from loadgen import soak as soak_module
@@ -381,7 +381,9 @@ class RunContext:
 
     def _target_backend(self) -> None:
         if not self.environment.host:
-            self.backend = EmbeddedBackend()
+            media = self.profile.media
+            # the profile's forwarding choice is the embedded backend's; a backend of your own has its own
+            self.backend = EmbeddedBackend(["--media-top-k", str(media.top_k)] if media and media.top_k else None)
             try:
                 url = self.backend.start()
             except BackendStartError as exc:
@@ -427,6 +429,9 @@ class RunContext:
 
     def driver_does(self, op: str) -> bool:
         supports = self.driver_class.supports
+        if supports is None and op == "media.open":
+            # optional even for a driver that claims every operation: audio needs a media_open of its own
+            return self.driver_class.media_open is not Driver.media_open
         return supports is None or op in supports
 
     def driver_can(self, activity) -> bool:
@@ -843,6 +848,10 @@ class RunContext:
         sessions = [s for s in self.sessions if s.alive and not s.logged_out]
         jobs = [gevent.spawn(_quiet_logout, s) for s in sessions]
         gevent.joinall(jobs, timeout=self.request_timeout)
+        audio = media.for_run(self)
+        if audio is not None:
+            # logged out, nobody is sent audio any more: what each listener heard is settled
+            audio.close_all(self.accounting.now())
         accounting = self.accounting
         while time.monotonic() - started < seconds and accounting.open_holes():
             accounting.expire()

@@ -34,6 +34,8 @@ from loadgen.drivers.base import (
     LoginResult,
     LogoutResult,
     Malformed,
+    MediaFrame,
+    MediaSession,
     Outgoing,
     ReadResult,
     Receipt,
@@ -150,8 +152,8 @@ class Session:
     __slots__ = (
         "url", "driver", "receiver", "report", "sequences", "request_timeout", "connect_timeout",
         "ping_interval", "headers", "on_delivery", "on_receipt", "on_malformed", "on_dropped", "on_event",
-        "on_closed", "log", "user", "rooms", "logged_out", "dropped", "_ws", "_waiting", "_speaks_unasked",
-        "_closing",
+        "on_closed", "on_media", "log", "user", "rooms", "logged_out", "dropped", "_ws", "_waiting",
+        "_speaks_unasked", "_closing",
     )  # fmt: skip
 
     def __init__(
@@ -172,6 +174,7 @@ class Session:
         on_dropped: Callable[[], None] | None = None,
         on_event: Callable[[object], None] | None = None,
         on_closed: Callable[[int | None], None] | None = None,
+        on_media: Callable[[bytes], None] | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.url = url
@@ -190,6 +193,7 @@ class Session:
         self.on_dropped = on_dropped
         self.on_event = on_event
         self.on_closed = on_closed
+        self.on_media = on_media
         self.log = logger or log
         self.user: str | None = None
         self.rooms: set[str] = set()
@@ -300,6 +304,17 @@ class Session:
         self.rooms.clear()
         return result
 
+    def media_open(self, room: str, transport: str) -> MediaSession:
+        """Start a media session in ``room`` (docs/media.md)."""
+        return self._call("media.open", self.driver.media_open(room, transport))
+
+    def send_media(self, packet: bytes) -> None:
+        """An audio packet over the signalling connection (the websocket media transport); unanswered."""
+        ws = self._ws
+        if ws is None:
+            raise ConnectionClosed(None, "not connected")
+        ws.send_binary(packet)
+
     def sync_clock(self, rounds: int = 5) -> tuple[float, float]:
         """Estimate the backend's clock offset NTP-style; returns (offset, uncertainty) in seconds.
 
@@ -404,6 +419,9 @@ class Session:
             outcome = self.receiver.deliver(event)
             if self.on_delivery is not None:
                 self.on_delivery(event, outcome)
+        elif isinstance(event, MediaFrame):
+            if self.on_media is not None:
+                self.on_media(event.data)
         elif isinstance(event, Reply):
             waiter = self._waiting.get(event.request_id)
             try:

@@ -73,6 +73,11 @@ RECONNECT_STORMS = "reconnect_storms"
 STORM_SHARES = ("50", "90", "99")
 #: a storm some of whose users never came back has no time for that share: the check fails
 NEVER_BACK = "never back"
+#: what listeners heard (the summary's ``media`` block): rates, a count and two latencies. The times to
+#: first audio are operations (``media.first_audio.join``, ``media.first_audio.seat``)
+MEDIA_RATES = {"media.stall_rate": "stall_rate", "media.loss_rate": "loss_rate", "media.late_rate": "late_rate"}
+MEDIA_STALLS = "media.stalls"
+MEDIA_LATENCIES = {"media.frame_delay": "frame_delay_ms", "media.jitter": "jitter_ms"}
 #: the top-level key of the generator's own settings, and the check it adds to every verdict
 GENERATOR = "generator"
 GENERATOR_VALID = "generator.valid"
@@ -123,8 +128,12 @@ def _stats_of(figure: str) -> dict[str, str]:
         return {"rate": RATE}
     if figure == RECONNECT_STORMS:
         return {"max": LATENCY, **{f"p({p})": LATENCY for p in STORM_SHARES}}
-    if figure == VIOLATIONS:
+    if figure == VIOLATIONS or figure == MEDIA_STALLS:
         return {"count": COUNT}
+    if figure in MEDIA_RATES:
+        return {"value": RATE}
+    if figure in MEDIA_LATENCIES:
+        return {"max": LATENCY, **{f"p({p})": LATENCY for p in OPERATION_PERCENTILES}}
     if figure.startswith(SOAK):
         unit = SOAK_UNITS.get(figure.removeprefix(SOAK))
         if unit is None:
@@ -446,6 +455,8 @@ def _figure_value(check: Check, summary: dict) -> tuple[float | None, str | None
         return _number(messages.get(figure.removeprefix("messages."))), None
     if figure == RECONNECT_STORMS:
         return _slowest_storm(summary, "time_to_all_ms" if stat == "max" else f"time_to_{stat[2:-1]}pct_ms")
+    if figure in MEDIA_RATES or figure == MEDIA_STALLS or figure in MEDIA_LATENCIES:
+        return _media_value(summary.get("media"), figure, stat)
     if figure == ERRORS:
         total = sum(_number(op.get("count")) for op in operations.values())
         if total == 0:
@@ -471,6 +482,21 @@ def _figure_value(check: Check, summary: dict) -> tuple[float | None, str | None
     if count - failures - refused <= 0:  # attempted, but nothing succeeded to be timed
         return None, NO_SAMPLES
     return _number(op.get(f"{key}_ms")), None
+
+
+def _media_value(audio: dict | None, figure: str, stat: str) -> tuple[float | None, str | None]:
+    """A media figure: None (not run) without audio or before anything was heard."""
+    if not audio:
+        return (0.0, None) if figure == MEDIA_STALLS else (None, NOT_RUN)
+    if figure == MEDIA_STALLS:
+        return _number(audio.get("stalls")), None
+    if figure in MEDIA_RATES:
+        value = audio.get(MEDIA_RATES[figure])
+        return (None, NOT_RUN) if value is None else (float(value), None)
+    latency = audio.get(MEDIA_LATENCIES[figure]) or {}
+    if not latency.get("count"):
+        return None, NOT_RUN
+    return _number(latency.get("max" if stat == "max" else "p" + stat[2:-1])), None
 
 
 def _slowest_storm(summary: dict, key: str) -> tuple[float | None, str | None]:
@@ -592,7 +618,7 @@ def _record_name(check: Check) -> str:
     stat_part = "max" if stat == "max" else stat if not stat.startswith("p(") else "p" + stat[2:-1].replace(".", "")
     figure = _sanitise(check.figure)
     suffix = {LATENCY: "_seconds", RATE: "_ratio", COUNT: ""}[check.condition.kind]
-    if check.figure.startswith("messages.") or check.figure == VIOLATIONS:
+    if check.figure.startswith("messages.") or check.figure in (VIOLATIONS, MEDIA_STALLS, *MEDIA_RATES):
         return f"loadgen:slo:{figure}{suffix}"
     if check.figure == ERRORS:
         return f"loadgen:slo:errors{suffix}"
@@ -630,6 +656,19 @@ def _promql(check: Check, scenario: str | None, window: str) -> str:
     figure, stat = check.figure, check.condition.stat
     if figure == VIOLATIONS:
         return total(f"loadgen_invariant_violations_total{sel()}")
+    if figure == MEDIA_STALLS:
+        return total(f"loadgen_media_stalls_total{sel()}")
+    if figure == "media.stall_rate":
+        stalled, listening = (
+            f"loadgen_media_stalled_seconds_total{sel()}",
+            f"loadgen_media_listening_seconds_total{sel()}",
+        )
+        return f"{per_second(stalled)}\n/ {per_second(listening)}"
+    if figure in MEDIA_RATES:
+        outcome = {"media.loss_rate": "lost", "media.late_rate": "late"}[figure]
+        part = "loadgen_media_frames_total" + sel(f'outcome="{outcome}"')
+        slots = "loadgen_media_frames_total" + sel('outcome=~"played|late|lost"')
+        return f"{per_second(part)}\n/ {per_second(slots)}"
     if figure.startswith("messages."):
         return total("loadgen_messages_total" + sel('outcome="' + figure.removeprefix("messages.") + '"'))
     if figure == ERRORS:
@@ -639,6 +678,8 @@ def _promql(check: Check, scenario: str | None, window: str) -> str:
         q = "1" if stat == "max" else repr(float(stat[2:-1]) / 100)
         if figure == DELIVERY:
             bucket = f"loadgen_delivery_latency_seconds_bucket{sel()}"
+        elif figure in MEDIA_LATENCIES:
+            bucket = f"loadgen_media_{figure.removeprefix('media.')}_seconds_bucket{sel()}"
         else:
             bucket = "loadgen_operation_duration_seconds_bucket" + sel(f'op="{figure}"')
         return f"histogram_quantile({q}, sum by (scenario, le) (rate({bucket}[{window}]) {NOT_MASTER}))"

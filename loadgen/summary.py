@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from loadgen import merge, network, reconnects
+from loadgen import media, merge, network, reconnects
 from loadgen.accounting import percentiles_ms
 from loadgen.files import write_atomically
 from loadgen.redact import url_for_display
@@ -77,6 +77,7 @@ def build(context, exit_code: int, unreachable: str | None = None) -> dict:
     }
     data["reconnects"] = _reconnects(context)
     data["network"] = _network(context)
+    data["media"] = _media(context)
     data["generator"]["suspect"], data["generator"]["guard"] = context.guard.summary()
     data["soak"] = context.soak.summary()
     if unreachable is not None:
@@ -106,6 +107,12 @@ def _network(context) -> dict | None:
     if context.is_master:
         snapshots += [r["network"] for r in context.worker_reports.values() if r.get("network")]
     return network.summary(snapshots)
+
+
+def _media(context) -> dict | None:
+    """What listeners heard: this process's, or on a master every worker's (merged into its own)."""
+    run = media.for_run(context)
+    return None if run is None else media.summary([run.snapshot()], context.profile.media)
 
 
 def _clock(context) -> dict:
@@ -199,6 +206,7 @@ def format_table(data: dict) -> str:
             f"  network: {net['split']} deliveries split, {net['unknown_split']} not (sender in another process); "
             f"{net['offline_spells']} offline spells, {net['handovers']} handovers",
         ]
+    lines += _media_lines(data.get("media"))
     if data["operations"]:
         lines.append(f"  {'operation':<18}{'count':>9}{'fail':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}")
         for name, op in data["operations"].items():
@@ -240,6 +248,28 @@ def format_table(data: dict) -> str:
         if partial["missing_workers"]:
             lines.append(f"  PARTIAL RESULTS: no final figures from {', '.join(partial['missing_workers'])}")
     return "\n".join(lines)
+
+
+def _media_lines(audio: dict | None) -> list[str]:
+    if not audio:
+        return []
+    frames, delay, jitter = audio["frames"], audio["frame_delay_ms"], audio["jitter_ms"]
+    first, seat = audio["first_audio_join_ms"], audio["first_audio_seat_ms"]
+    lost, late = _percent(audio["loss_rate"]), _percent(audio["late_rate"])
+    return [
+        f"  audio ({audio['transport']}, {audio['listeners']['decoding']} listeners decoding, "
+        f"{audio['listeners']['counting']} counting): frames sent {frames['sent']}  heard {frames['received']}  "
+        f"lost {frames['lost']} ({lost})  late {frames['late']} ({late})  counted {frames['counted']}",
+        f"  audio: first audio after join ms  p50 {first['p50']:.1f}  p95 {first['p95']:.1f}  (n {first['count']});  "
+        f"after a seat ms  p50 {seat['p50']:.1f}  p95 {seat['p95']:.1f}  (n {seat['count']})",
+        f"  audio: frame delay ms  p50 {delay['p50']:.1f}  p99 {delay['p99']:.1f};  jitter ms  p50 {jitter['p50']:.2f}"
+        f"  p99 {jitter['p99']:.2f};  stalls {audio['stalls']}, stall rate {_percent(audio['stall_rate'])} of "
+        f"{audio['listening_s']:.0f} s listened",
+    ]
+
+
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction * 100:.2f} %"
 
 
 def _ms(value: float | None) -> str:

@@ -233,6 +233,55 @@ def test_delivery_latency_without_deliveries():
     assert one("delivery_latency: [p(99) < 300ms]", summary).passed is False
 
 
+AUDIO = {
+    "media": {
+        "loss_rate": 0.05,
+        "late_rate": 0.002,
+        "stall_rate": 0.004,
+        "stalls": 3,
+        "frame_delay_ms": {"p50": 12.0, "p95": 40.0, "p99": 90.0, "max": 300.0, "count": 5000},
+        "jitter_ms": {"p50": 1.0, "p95": 4.0, "p99": 9.0, "max": 20.0, "count": 100},
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "passed"),
+    [
+        ("media.stall_rate: ['value < 1%']", 0.4, True),
+        ("media.loss_rate: ['value < 0.02']", 0.05, False),
+        ("media.late_rate: ['value <= 0.2%']", 0.2, True),
+        ("media.stalls: ['count == 0']", 3.0, False),
+        ("media.frame_delay: ['p(99) < 100ms']", 90.0, True),
+        ("media.jitter: ['max < 10ms']", 20.0, False),
+    ],
+)
+def test_media_figures_are_judged_on_the_media_block(text, value, passed):
+    """Stall, loss and late rates, stalls, frame delay and jitter are read from the summary's media block."""
+    result = one(text, {**SUMMARY, **AUDIO})
+    assert (result.value, result.passed) == (pytest.approx(value), passed)
+
+
+def test_media_figures_of_a_run_without_audio_are_not_run():
+    """Without a media block the rates and latencies are 'not run' and pass; stalls count zero."""
+    for text in ("media.stall_rate: ['value < 1%']", "media.jitter: ['p(95) < 30ms']"):
+        result = one(text)
+        assert (result.value, result.passed, result.note) == (None, True, "not run")
+    assert one("media.stalls: ['count > 0']").passed is False
+    assert "has no 'p(95)'" in error("media.stall_rate: ['p(95) < 1%']")
+
+
+def test_media_rules_divide_the_media_counters():
+    """The rules for media rates divide rates of the media counters; the latencies are their histograms' quantiles."""
+    text = "media.loss_rate: ['value < 2%']\nmedia.stall_rate: ['value < 1%']\nmedia.jitter: ['p(95) < 30ms']\n"
+    [group] = yaml.safe_load(rules(loads_slo(text, "t.yaml")))["groups"]
+    records = {r["record"]: r["expr"] for r in group["rules"] if "record" in r}
+    assert 'loadgen_media_frames_total{outcome="lost"}' in records["loadgen:slo:media_loss_rate_ratio"]
+    assert 'outcome=~"played|late|lost"' in records["loadgen:slo:media_loss_rate_ratio"]
+    assert "loadgen_media_stalled_seconds_total" in records["loadgen:slo:media_stall_rate_ratio"]
+    assert "loadgen_media_jitter_seconds_bucket" in records["loadgen:slo:media_jitter_p95_seconds"]
+
+
 def test_an_empty_summary_fails_nothing_that_counts_zero():
     """Against an empty summary, 'count == 0' checks pass and a throughput floor fails."""
     results = evaluate(loads_slo("messages.lost: [count == 0]\nmessages.sent: [count > 100]\n", "t.yaml"), {})
@@ -330,6 +379,8 @@ def test_promtool_accepts_the_rules(tmp_path):
         "messages.out_of_order: [count == 0]\n"
         "errors: [rate < 0.001]\n"
         "invariants.violations: [{threshold: count == 0, abort_on_fail: true, grace: 1.5s}]\n"
+        "media.stall_rate: ['value < 1%']\nmedia.late_rate: ['value < 1%']\nmedia.stalls: ['count < 5']\n"
+        "media.frame_delay: ['p(99) < 150ms']\n"
     )
     for name, source in [("review", REVIEW.read_text()), ("every", every)]:
         path = tmp_path / f"{name}-rules.yaml"

@@ -157,6 +157,20 @@ class Done:
     call: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MediaSession:
+    """A media session in a room (docs/media.md): the stream source the backend gave us and where to send.
+
+    ``token`` proves the UDP address that sends it in a bind packet; ``udp_port`` is None for
+    the websocket transport, where frames ride the signalling connection.
+    """
+
+    room: str
+    ssrc: int
+    token: bytes
+    udp_port: int | None = None
+
+
 # Events decoded from frames.
 
 
@@ -258,6 +272,13 @@ class CallUpdate:
     by: str | None = None
 
 
+@dataclass(slots=True)
+class MediaFrame:
+    """An audio packet that came over the signalling connection (the websocket media transport)."""
+
+    data: bytes
+
+
 #: every kind of protocol error a backend can commit, as the summary and the metrics count them.
 #: Drivers find most (the frame is skipped, the connection goes on); the transport finds
 #: ``oversized``, ``bad_frame`` and ``truncated``, and a close reason that is not UTF-8, after
@@ -305,7 +326,19 @@ def unreadable(data: bytes, kind: str, reason: str) -> Malformed:
     return Malformed(reason, data, kind)
 
 
-Event = Reply | Failure | Delivery | Receipt | SeatSnapshot | RoomEvent | Invitation | PkUpdate | CallUpdate | Malformed
+Event = (
+    Reply
+    | Failure
+    | Delivery
+    | Receipt
+    | SeatSnapshot
+    | RoomEvent
+    | Invitation
+    | PkUpdate
+    | CallUpdate
+    | MediaFrame
+    | Malformed
+)
 
 
 class Unsupported(NotImplementedError):
@@ -396,3 +429,10 @@ class Driver(abc.ABC):
     def echo(self, sent_at: float, body: str) -> Outgoing:
         """A request the backend answers at once, doing nothing else: a round trip and no more."""
         raise Unsupported("echo")
+
+    # Audio (docs/media.md). A backend whose media goes elsewhere (WebRTC to an SFU) leaves
+    # these alone; rooms then carry no synthetic audio.
+
+    def media_open(self, room: str, transport: str) -> Outgoing:
+        """Start a media session in ``room`` over ``udp`` or ``websocket``; the reply is a :class:`MediaSession`."""
+        raise Unsupported("media.open")

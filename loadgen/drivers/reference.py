@@ -23,6 +23,8 @@ from loadgen.drivers.base import (
     LoginResult,
     LogoutResult,
     Malformed,
+    MediaFrame,
+    MediaSession,
     Outgoing,
     PkUpdate,
     ReadResult,
@@ -295,6 +297,20 @@ _ROOM_OPS = {
 _CALL_OPS = ("call.invite", "call.accept", "call.reject", "call.hangup")
 
 
+def _media_session(ack: dict) -> MediaSession:
+    token = _str(ack, "token")
+    try:
+        secret = bytes.fromhex(token)
+    except ValueError:
+        raise _wrong(ack, "token", "hex digits") from None
+    return MediaSession(_str(ack, "room"), _int(ack, "ssrc"), secret, _optional_int(ack, "udp_port"))
+
+
+#: the first bytes of an audio packet (docs/media.md): version 2 in the flags, kind 1
+_AUDIO_HEADER_BYTES = 32
+_AUDIO_KIND = 1
+
+
 def _delivery(frame: dict) -> Delivery:
     direct = frame.get("ev") == "dm"
     stream = INBOX if direct else frame.get("room")
@@ -388,9 +404,15 @@ class ReferenceDriver(Driver):
         frame = {"op": "echo", "id": request_id, "ev": "ack", "re": request_id, "ts": sent_at, "body": body}
         return Outgoing(request_id, orjson.dumps(frame))
 
+    def media_open(self, room: str, transport: str) -> Outgoing:
+        return self._request(_media_session, "media.open", room=room, transport=transport)
+
     def receive(self, data: bytes, binary: bool) -> list[Event]:
         if binary:
-            return [Malformed("binary frame: the reference protocol is JSON text", data, "binary")]
+            if len(data) >= _AUDIO_HEADER_BYTES and data[0] & 0xC0 == 0x80 and data[1] == _AUDIO_KIND:
+                return [MediaFrame(data)]
+            return [Malformed("binary frame that is no audio packet: the reference protocol is JSON text", data,
+                              "binary")]  # fmt: skip
         try:
             frame = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

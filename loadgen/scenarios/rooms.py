@@ -16,7 +16,9 @@ import gevent.event
 from loadgen.population import Zipf, draw_role, user_random
 from loadgen.rooms import Checks, RoomView
 from loadgen.scenarios.base import Activity, RealtimeUser
-from loadgen.session import OperationTimeout, Session
+from loadgen.scenarios.media import UserMedia
+from loadgen.session import OperationFailed, OperationTimeout, Session
+from loadgen.transport import TransportError
 
 
 class RoomMember(RealtimeUser):
@@ -43,6 +45,10 @@ class RoomMember(RealtimeUser):
             self.role = draw_role(self.rng, self.role_shares(), "listener")
             self.rank = self.population.draw(self.rng)
         self._seated = gevent.event.Event()
+        #: when this user last asked for a seat (the backend's clock): where its stream's first-audio time starts
+        self._seat_asked_at: float | None = None
+        #: the user's audio, None when the run carries none (no ``media:`` section) or the driver has none
+        self.media = UserMedia.for_user(self)
 
     def role_shares(self) -> dict[str, float]:
         return {}
@@ -66,24 +72,56 @@ class RoomMember(RealtimeUser):
     def seats_per_room(self) -> int:
         raise NotImplementedError
 
+    @property
+    def carries_media(self) -> bool:
+        """Whether this user's room carries audio: the profile's most popular rooms do."""
+        return self.media is not None and self.rank < self.media.plane.run.profile.rooms
+
     def enter(self, session: Session, room: str) -> None:
         run = self.run_context
         checks = Checks(run.violation, run.accounting.record_fanout, run.accounting.now)
         self.views[room] = RoomView(self.user_id, room, checks, on_seated=self._on_seated)
+        joining_at = self.now()
         session.join_room(room, seats=self.seats_per_room(), as_host=self.is_host)
         run.members(room).add(self.user_id)
+        if self.carries_media:
+            try:
+                self.media.open(session, room, joining_at)
+            except (OperationFailed, TransportError):
+                # in Locust's table already; the user stays in the room, without audio
+                return
+            if self.is_host:
+                self.media.start_speaking(joining_at, self.now())
+
+    def may_speak(self) -> bool:
+        """Whether the backend would relay this user's audio now: a host, or on a seat of its room."""
+        if not self.connected or not self.rooms:
+            return False
+        view = self.views.get(self.room)
+        return view is not None and (self.is_host or view.my_seat is not None)
 
     def _on_seated(self, seat: int, how: str) -> None:
         """In the reader greenlet: this user appeared on a seat."""
         self._seated.set()
+        if self.media is not None and self.media.session is not None:
+            now = self.now()
+            asked = self._seat_asked_at if how in ("take", "accept") and self._seat_asked_at is not None else now
+            self.media.start_speaking(asked, now)
         if how == "cohost":
             self.react(self.on_stage)
+
+    def _on_closed(self, code: int | None) -> None:
+        if self.media is not None:
+            self.media.close(self.now())
+        super()._on_closed(code)
 
     def on_stage(self) -> None:
         """Put on stage by the host (连麦); live streams hold it a while."""
 
     def leave_room(self) -> None:
         room = self.room
+        if self.media is not None:
+            self.media.close(self.now())
         self.run_context.members(room).discard(self.user_id)
         self.session.leave(room)
         del self.views[room]
@@ -91,6 +129,8 @@ class RoomMember(RealtimeUser):
     def on_stop(self) -> None:
         for room in self.rooms:
             self.run_context.members(room).discard(self.user_id)
+        if self.media is not None:
+            self.media.close(self.now())
         super().on_stop()
 
     def now(self) -> float:
@@ -103,6 +143,7 @@ class RoomMember(RealtimeUser):
         Returns False when the backend refused (a lost race is an outcome, counted as such).
         """
         self._seated.clear()
+        self._seat_asked_at = self.now()
         started = time.perf_counter()
         self.session.room_op(op, self.room, self.now(), report=False, **fields)
         seen = self._seated.wait(self.run_context.request_timeout)
