@@ -169,8 +169,6 @@ def receive(kind: str, control_fd: int, rounds: int) -> None:
     monkey.patch_all()
     from types import SimpleNamespace
 
-    import gevent
-
     from loadgen.profile import MediaProfile
     from loadgen.scenarios import media as scenario
 
@@ -190,13 +188,8 @@ def receive(kind: str, control_fd: int, rounds: int) -> None:
             user = SimpleNamespace(user_id=f"io-{n}", network=None, run_context=run_context)
             member = scenario.UserMedia(user, plane, decode)
             # what UserMedia.open does once the backend acknowledged the bind
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, scenario.RECEIVE_BUFFER_BYTES)
-            if sys.platform == "linux" and decode:
-                sock.setsockopt(socket.SOL_SOCKET, scenario._SO_TIMESTAMPNS, 1)
-            sock.bind(("127.0.0.1", 0))
-            member.sock, member.listener = sock, plane.run.listener(ask["listening_since"], decode)
-            member._reader = gevent.spawn(member._read if decode else member._count, sock)
+            sock = scenario.datagram_socket("127.0.0.1", decode)
+            member.listen(sock, plane.run.listener(ask["listening_since"], decode))
             members.append(member)
         started_cpu, started = time.process_time(), time.monotonic()
         answer(channel, {"ports": [member.sock.getsockname()[1] for member in members]})

@@ -110,6 +110,16 @@ class MediaPlane:
         self._held.clear()
 
 
+def datagram_socket(host: str, decode: bool) -> socket.socket:
+    """A member's UDP socket on ``host``: room for a counting reader's quarter second; arrival times to decode."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+    if sys.platform == "linux" and decode:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    sock.bind((host, 0))
+    return sock
+
+
 def _send_datagram(sock: socket.socket, packet: bytes, address: tuple) -> None:
     try:
         sock.sendto(packet, address)
@@ -174,12 +184,7 @@ class UserMedia:
             signalling.on_media = self._heard_on_signalling
             return
         host = signalling.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
-        if sys.platform == "linux" and self.decode:
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        sock.bind((host, 0))
+        sock = datagram_socket(host, self.decode)
         self.sock, self.address = sock, (host, opened.udp_port)
         started = time.perf_counter()
         error = None if self._bind(sock, opened) else OperationTimeout("media.bind", BIND_EVERY_S * BIND_TRIES)
@@ -187,6 +192,11 @@ class UserMedia:
         if error is not None:
             self.close(listening_since)
             raise error
+        self.listen(sock, self.listener)
+
+    def listen(self, sock: socket.socket, listener: media.Listener) -> None:
+        """Hear what reaches ``sock`` (bound, known to the backend) through ``listener``, read as its kind needs."""
+        self.sock, self.listener = sock, listener
         self._reader = gevent.spawn(self._read if self.decode else self._count, sock)
 
     def _bind(self, sock: socket.socket, opened: MediaSession) -> bool:
