@@ -131,7 +131,7 @@ def audio_queries() -> dict[str, str]:
     return {
         "audio_stall_rate": ratio(
             rate("loadgen_media_stalled_seconds_total"), rate("loadgen_media_listening_seconds_total")
-        ),  # fmt: skip
+        ),
         "audio_loss": ratio(rate(MEDIA_FRAMES, 'outcome="lost"'), slots),
         "audio_late": ratio(rate(MEDIA_FRAMES, 'outcome="late"'), slots),
         "audio_frames": rate(MEDIA_FRAMES, 'outcome=~"sent|received|counted|lost|late"', by="outcome"),
@@ -527,7 +527,7 @@ def audio_panels() -> list[dict[str, Any]]:
             unit="percentunit",
             threshold=0.01,
             description="Stalled listening time / listening time: gaps with nothing playable over stall_ms.",
-        ),  # fmt: skip
+        ),
         stat("Frames lost", ("audio_loss", "lost"), unit="percentunit", threshold=0.01),
         stat(
             "Frames late",
@@ -535,14 +535,14 @@ def audio_panels() -> list[dict[str, Any]]:
             unit="percentunit",
             threshold=0.01,
             description="Arrived after the jitter buffer's playout time.",
-        ),  # fmt: skip
+        ),
         stat("First audio after join p95", ("first_audio_join_p95", "p95"), unit="s"),
         stat(
             "First audio after a seat p95",
             ("first_audio_seat_p95", "p95"),
             unit="s",
             description="From a speaker asking for the seat to a listener hearing it.",
-        ),  # fmt: skip
+        ),
         stat("Jitter p95", ("jitter_p95", "p95"), unit="s", description="RFC 3550 interarrival jitter."),
         timeseries("First audio after join", *percentiles("first_audio_join"), unit="s", width=8),
         timeseries("First audio after a seat", *percentiles("first_audio_seat"), unit="s", width=8),
@@ -553,7 +553,7 @@ def audio_panels() -> list[dict[str, Any]]:
             ("jitter_p95", "jitter p95"),
             unit="s",
             width=8,
-        ),  # fmt: skip
+        ),
         timeseries("Audio frames / s", ("audio_frames", "{{outcome}}"), unit="reqps", width=12),
         timeseries(
             "Stalls / s and stall rate",
@@ -562,7 +562,7 @@ def audio_panels() -> list[dict[str, Any]]:
             unit="short",
             width=12,
             threshold=0.01,
-        ),  # fmt: skip
+        ),
     ]
 
 
