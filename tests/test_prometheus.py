@@ -32,7 +32,9 @@ import build  # noqa: E402  (the dashboards' own generator, not a package)
 
 # few callees, many callers: busy callees (a panel of their own) are certain within seconds
 CROWDED_CALLS = "call1v1:\n  callee_share: 0.2\n  call_rate: 1\n  talk_mean: 3\n"
-STANDALONE = {"livestream.py": BUSY_LIVE, "call1v1.py": CROWDED_CALLS, "messaging.py": ""}
+#: the room runs carry audio, so that the dashboards' audio rows have series
+AUDIO = "media: {rooms: 2, decode_share: 0.5}\n"
+STANDALONE = {"livestream.py": BUSY_LIVE + AUDIO, "call1v1.py": CROWDED_CALLS, "messaging.py": ""}
 COMPARISON = re.compile(r"^(?P<figure>.*?)\s*(>=|<=|!=|==|>|<)\s*[-+0-9.e]+$", re.S)
 
 
@@ -94,7 +96,8 @@ def scraped_runs(tmp_path, backend):
     flags = ("-u", "40", "-t", "30s", "--processes", "2", "--master-bind-port", master_port,
              "--master-port", master_port, "--metrics-port", str(base), "--metrics-linger", "3",
              "--summary", str(tmp_path / "d.json"))  # fmt: skip
-    process = start_locust(tmp_path, "voiceroom.py", BUSY_VOICE, *common, *flags, log_name="distributed", logs=logs)
+    process = start_locust(tmp_path, "voiceroom.py", BUSY_VOICE + AUDIO, *common, *flags, log_name="distributed",
+                           logs=logs)  # fmt: skip
     distributed = DistributedRun(process, base, tmp_path / "d.json")
     runs.append(distributed.process)
     prometheus_port = free_port()
