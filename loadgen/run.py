@@ -428,21 +428,16 @@ class RunContext:
                 sys.exit(EXIT_USAGE)
 
     def driver_does(self, op: str) -> bool:
-        supports = self.driver_class.supports
-        if supports is None and op == "media.open":
-            # optional even for a driver that claims every operation: audio needs a media_open of its own
-            return self.driver_class.media_open is not Driver.media_open
-        return supports is None or op in supports
+        return self.driver_class.does(op)
 
     def driver_can(self, activity) -> bool:
         """Whether the driver can do what ``activity`` does; a behaviour it cannot is skipped, said once."""
         if all(self.driver_does(op) for op in activity.needs):
             return True
-        supports = self.driver_class.supports
         name = type(activity).__name__
         if name not in self._skipped:
             self._skipped.add(name)
-            missing = ", ".join(op for op in activity.needs if op not in supports)
+            missing = ", ".join(op for op in activity.needs if not self.driver_does(op))
             log.warning("The %s driver cannot do %s: every %s behaviour is skipped",
                         self.driver_class.__name__, missing, name)  # fmt: skip
         return False

@@ -341,6 +341,11 @@ Event = (
 )
 
 
+#: operations a driver may leave out even when ``supports`` is None, by the method that makes them: a
+#: protocol that can express all of docs/protocol.md may still have its audio elsewhere
+OPTIONAL_OPERATIONS = {"media.open": "media_open"}
+
+
 class Unsupported(NotImplementedError):
     """The backend's protocol has no such operation."""
 
@@ -360,6 +365,15 @@ class Driver(abc.ABC):
     #: True when the backend has no per-stream sequence: messages come on sender streams
     #: numbered by their senders' own counters (see :func:`sender_stream`)
     sender_sequenced: bool = False
+
+    @classmethod
+    def does(cls, op: str) -> bool:
+        """Whether the protocol can express ``op``: named in ``supports``; with ``supports`` None, every
+        operation but an optional one (:data:`OPTIONAL_OPERATIONS`) whose method is still the base's."""
+        if cls.supports is not None:
+            return op in cls.supports
+        method = OPTIONAL_OPERATIONS.get(op)
+        return method is None or getattr(cls, method) is not getattr(Driver, method)
 
     @classmethod
     def configure(cls, url: str) -> tuple[Callable[[], Driver], str]:

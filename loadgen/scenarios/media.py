@@ -267,7 +267,7 @@ class UserMedia:
             try:
                 for packet in packets:
                     signalling.send_media(packet)
-            except (TransportError, AttributeError):
+            except TransportError:
                 self.stop_speaking()
             return
         sock, address, up = self.sock, self.address, self.up

@@ -6,6 +6,7 @@ from loadgen.drivers.base import (
     INBOX,
     CallUpdate,
     Delivery,
+    Driver,
     Failure,
     HistoryResult,
     JoinResult,
@@ -19,6 +20,7 @@ from loadgen.drivers.base import (
     SeatSnapshot,
     SendResult,
 )
+from loadgen.drivers.janus import JanusDriver
 from loadgen.drivers.reference import ReferenceDriver
 
 
@@ -156,3 +158,14 @@ def test_rtc_pushes_decode_to_their_events():
     [c] = decode(d, {"ev": "call", "call": "c1", "state": "connected", "from": "a", "to": "b", "ts": 8.0,
                      "server_ts": 8.3})  # fmt: skip
     assert c == CallUpdate("c1", "connected", "a", "b", 8.0)
+
+
+def test_audio_is_optional_even_for_a_driver_that_supports_everything():
+    """supports = None promises every operation but media.open, which takes a media_open of the driver's own."""
+
+    class ChatOnly(ReferenceDriver):
+        media_open = Driver.media_open
+
+    assert ReferenceDriver.does("media.open") and ReferenceDriver.does("seat.take")
+    assert not ChatOnly.does("media.open") and ChatOnly.does("seat.take")
+    assert not JanusDriver.does("media.open") and JanusDriver.does("seat.take")

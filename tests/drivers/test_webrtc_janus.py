@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import own_server
 from tests.support import ROOT, SCALE, free_port
 
-#: a /30 inside the two namespaces only; nothing else in the tests uses 10.77.0.0/16
+#: test hosts on a veth pair whose two ends live in the namespaces the fixture creates (and deletes):
+#: no route leads there from the host or out of them; nothing else in the tests uses 10.77.0.0/16
 JANUS_ADDRESS = "10.77.1.1"
 PEERS_ADDRESS = "10.77.1.2"
 #: Janus' WebSocket port inside its own namespace, where nothing else listens
